@@ -1,0 +1,21 @@
+"""pgreservoir: a fast, fair, self-healing PostgreSQL connection pool.
+
+``ConnectionPool`` is the modern interface; ``pgreservoir.pool`` holds
+drop-in replacements for the classes of ``psycopg2.pool``.
+"""
+
+from __future__ import annotations
+
+from .connection_pool import ConnectionPool
+from .errors import PoolClosed, PoolError, PoolTimeout, TooManyRequests
+
+__all__ = [
+    "ConnectionPool",
+    "PoolClosed",
+    "PoolError",
+    "PoolTimeout",
+    "TooManyRequests",
+    "__version__",
+]
+
+__version__ = "0.1.0"
