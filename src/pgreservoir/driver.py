@@ -220,12 +220,17 @@ class Psycopg2Driver:
         if conn.closed:
             return True
         try:
-            readable, _, _ = select.select((conn.fileno(),), (), (), 0)
-            if readable:
-                # An idle connection has nothing to read unless the server hung
-                # up (error message + EOF) or sent a notification. poll()
-                # consumes what is there and raises if the connection is gone;
-                # notifications stay queued in conn.notifies.
+            fd = conn.fileno()
+            # An idle connection has nothing to read unless the server hung up
+            # or sent a notification. poll() consumes what is there; on a
+            # terminated backend the first read takes the FATAL message and
+            # the next one sees EOF and raises, so poll while still readable
+            # (bounded: a stream of NOTIFYs must not keep us here).
+            # Notifications stay queued in conn.notifies for the caller.
+            for _ in range(3):
+                readable, _, _ = select.select((fd,), (), (), 0)
+                if not readable:
+                    break
                 conn.poll()
         except (OSError, ValueError, self._psycopg2.Error):
             return True

@@ -1,0 +1,529 @@
+"""The engine's bookkeeping, with a fake driver and a manual clock (no server)."""
+
+from __future__ import annotations
+
+import pickle
+import random
+import threading
+import time
+from typing import Any, Callable, List
+
+import psycopg2.pool
+import pytest
+
+from pgreservoir import PoolClosed, PoolError, PoolTimeout, TooManyRequests
+from pgreservoir._core import LIVENESS_SKIP, Engine
+from pgreservoir.stats import WaitHistogram
+
+from .fakes import Clock, FakeConn, FakeDriver, check_invariant, make_engine
+
+DEADLINE = 10.0
+
+
+def wait_until(predicate: Callable[[], bool], what: str, timeout: float = DEADLINE) -> None:
+    """Poll ``predicate`` until true; fail with ``what`` after ``timeout`` seconds."""
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.001)
+
+
+def start_getter(engine: Engine, results: List[Any], timeout: float = 5.0) -> threading.Thread:
+    def run() -> None:
+        try:
+            results.append(engine.acquire(timeout))
+        except BaseException as exc:
+            results.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_min_size_opened_in_background_and_wait_returns() -> None:
+    engine = make_engine(min_size=3)
+    engine.wait(DEADLINE)
+    assert engine.stats()["size"] == 3
+    assert engine.stats()["idle"] == 3
+    check_invariant(engine)
+    engine.close()
+
+
+def test_lifo_reuse_and_no_double_hand_out() -> None:
+    engine = make_engine(min_size=2)
+    engine.wait(DEADLINE)
+    a = engine.acquire()
+    b = engine.acquire()
+    assert a is not b
+    engine.release(a)
+    engine.release(b)
+    assert engine.acquire() is b  # most recently returned first
+    check_invariant(engine)
+    engine.close()
+
+
+def test_waiters_are_served_first_in_first_out() -> None:
+    engine = make_engine(max_size=1)
+    held = engine.acquire()
+    order: List[Any] = []
+    threads = []
+    for i in range(5):
+        results: List[Any] = []
+        threads.append((i, start_getter(engine, results), results))
+        wait_until(_waiting_is(engine, i + 1), f"waiter {i} in line")
+    conn = held
+    for i, thread, results in threads:
+        engine.release(conn)
+        thread.join(DEADLINE)
+        assert results
+        assert results[0] is held
+        order.append(i)
+        conn = results[0]
+    assert order == [0, 1, 2, 3, 4]
+    engine.release(conn)
+    check_invariant(engine)
+    engine.close()
+
+
+def test_returning_thread_cannot_barge_past_a_waiter() -> None:
+    engine = make_engine(max_size=1)
+    conn = engine.acquire()
+    results: List[Any] = []
+    thread = start_getter(engine, results)
+    wait_until(lambda: engine.stats()["waiting"] == 1, "the waiter")
+    engine.release(conn)
+    # The connection already belongs to the waiter: the returner gets nothing.
+    with pytest.raises(PoolTimeout):
+        engine.acquire(0)
+    thread.join(DEADLINE)
+    assert results == [conn]
+    check_invariant(engine)
+    engine.release(conn)
+    engine.close()
+
+
+def test_timeout_message_names_pool_size_and_waiters() -> None:
+    engine = make_engine(max_size=1, name="orders")
+    engine.acquire()
+    with pytest.raises(PoolTimeout) as info:
+        engine.acquire(0.05)
+    message = str(info.value)
+    assert "'orders'" in message
+    assert "size 1/1" in message
+    assert "waiting" in message
+    assert info.value.pool_name == "orders"
+    assert info.value.snapshot["in_use"] == 1
+    assert isinstance(info.value, psycopg2.pool.PoolError)
+    stats = engine.stats()
+    assert stats["timeouts"] == 1
+    assert stats["waiting"] == 0
+    check_invariant(engine)
+    engine.close(0)
+
+
+def test_max_waiting_rejects_at_once() -> None:
+    engine = make_engine(max_size=1, max_waiting=2)
+    engine.acquire()
+    results: List[Any] = []
+    threads = [start_getter(engine, results, timeout=DEADLINE) for _ in range(2)]
+    wait_until(lambda: engine.stats()["waiting"] == 2, "two waiters")
+    with pytest.raises(TooManyRequests, match="max_waiting=2"):
+        engine.acquire(DEADLINE)
+    assert engine.stats()["rejected"] == 1
+    engine.close(0)
+    for thread in threads:
+        thread.join(DEADLINE)
+    assert all(isinstance(r, PoolClosed) for r in results)
+
+
+def test_grows_only_while_callers_wait() -> None:
+    engine = make_engine(min_size=1, max_size=4)
+    engine.wait(DEADLINE)
+    a = engine.acquire()
+    engine.release(a)
+    b = engine.acquire()
+    assert engine.stats()["size"] == 1  # reused, no growth
+    c = engine.acquire(DEADLINE)  # has to wait: one connection is opened for it
+    assert c is not b
+    assert engine.stats()["size"] == 2
+    check_invariant(engine)
+    engine.close(0)
+
+
+def test_waiter_served_by_a_returned_connection_while_connect_hangs() -> None:
+    driver = FakeDriver()
+    engine = make_engine(driver, min_size=1, max_size=2)
+    engine.wait(DEADLINE)
+    held = engine.acquire()
+    driver.connect_gate = threading.Event()  # the next connect hangs
+    results: List[Any] = []
+    thread = start_getter(engine, results, timeout=DEADLINE)
+    wait_until(lambda: engine.stats()["opening"] == 1, "a connect in progress")
+    # The hanging connect holds no lock: returning and taking still work.
+    engine.release(held)
+    thread.join(DEADLINE)
+    assert results == [held]
+    driver.connect_gate.set()
+    wait_until(lambda: engine.stats()["idle"] == 1, "the late connection parked idle")
+    check_invariant(engine)
+    engine.close(0)
+
+
+def test_expired_connection_replaced_at_checkout_and_at_return() -> None:
+    clock = Clock()
+    engine = make_engine(clock=clock, min_size=1, max_lifetime=100.0)
+    engine.wait(DEADLINE)
+    first = engine.acquire()
+    engine.release(first)
+    clock.advance(101)
+    second = engine.acquire(DEADLINE)
+    assert second is not first
+    assert first.closed
+    clock.advance(101)
+    engine.release(second)  # expired while out: closed on return
+    assert second.closed
+    wait_until(lambda: engine.stats()["idle"] == 1, "refill to min_size")
+    assert engine.stats()["connections_closed"] == 2
+    check_invariant(engine)
+    engine.close()
+
+
+def test_lifetime_has_jitter() -> None:
+    clock = Clock()
+    engine = make_engine(clock=clock, min_size=20, max_size=20, max_lifetime=100.0)
+    engine.wait(DEADLINE)
+    expiries = {round(e.expires - e.created, 6) for e in engine._idle}
+    assert len(expiries) > 1
+    assert all(95.0 <= x <= 100.0 for x in expiries)
+    engine.close()
+
+
+def test_dirty_return_is_cleaned_and_kept() -> None:
+    driver = FakeDriver()
+    engine = make_engine(driver, min_size=1)
+    engine.wait(DEADLINE)
+    conn = engine.acquire()
+    conn.in_transaction = True
+    engine.release(conn)
+    assert driver.cleaned == 1
+    assert not conn.in_transaction
+    assert engine.acquire() is conn
+    check_invariant(engine)
+    engine.close(0)
+
+
+def test_clean_return_does_no_work() -> None:
+    driver = FakeDriver()
+    engine = make_engine(driver, min_size=1)
+    engine.wait(DEADLINE)
+    conn = engine.acquire()
+    engine.release(conn)
+    assert driver.cleaned == 0
+    engine.close()
+
+
+def test_failed_rollback_discards_and_frees_the_slot() -> None:
+    driver = FakeDriver()
+    engine = make_engine(driver, min_size=0, max_size=1)
+    conn = engine.acquire(DEADLINE)
+    conn.in_transaction = True
+    driver.fail_clean = True
+    engine.release(conn)
+    assert conn.closed
+    assert engine.stats()["size"] == 0
+    driver.fail_clean = False
+    other = engine.acquire(DEADLINE)  # the slot is usable again
+    assert other is not conn
+    check_invariant(engine)
+    engine.close(0)
+
+
+def test_broken_return_discarded_and_refilled() -> None:
+    engine = make_engine(min_size=2)
+    engine.wait(DEADLINE)
+    conn = engine.acquire()
+    conn.dead = True
+    engine.release(conn)
+    assert conn.closed
+    wait_until(lambda: engine.stats()["idle"] == 2, "refill")
+    stats = engine.stats()
+    assert stats["connections_lost"] == 1
+    assert stats["connections_opened"] == 3
+    check_invariant(engine)
+    engine.close()
+
+
+def test_dead_idle_connection_never_handed_out() -> None:
+    clock = Clock()
+    engine = make_engine(clock=clock, min_size=2)
+    engine.wait(DEADLINE)
+    for entry in engine._idle:
+        entry.conn.dead = True
+    clock.advance(1.0)
+    conn = engine.acquire(DEADLINE)
+    assert not conn.dead
+    assert engine.stats()["connections_lost"] == 2
+    check_invariant(engine)
+    engine.close(0)
+
+
+def test_recently_returned_connection_skips_the_liveness_check() -> None:
+    clock = Clock()
+    driver = FakeDriver()
+    engine = make_engine(driver, clock=clock, min_size=1, check_idle_after=0.0)
+    engine.wait(DEADLINE)
+    conn = engine.acquire()
+    engine.release(conn)
+    clock.advance(LIVENESS_SKIP / 2)
+    assert engine.acquire() is conn
+    assert driver.pings == 0
+    engine.release(conn)
+    clock.advance(LIVENESS_SKIP * 2)
+    assert engine.acquire() is conn
+    assert driver.pings == 1  # idle past check_idle_after: one round trip
+    engine.close(0)
+
+
+def test_foreign_and_double_return_raise_and_change_nothing() -> None:
+    engine = make_engine(min_size=1)
+    engine.wait(DEADLINE)
+    conn = engine.acquire()
+    before = engine.stats()
+    with pytest.raises(PoolError, match="unkeyed"):
+        engine.release(FakeConn())
+    assert engine.stats() == before
+    engine.release(conn)
+    before = engine.stats()
+    with pytest.raises(PoolError, match="already returned"):
+        engine.release(conn)
+    assert engine.stats() == before
+    check_invariant(engine)
+    engine.close()
+
+
+def test_configure_failure_discards_the_connection() -> None:
+    def configure(conn: Any) -> None:
+        conn.in_transaction = True  # leaves a transaction open
+
+    engine = make_engine(min_size=0, max_size=1, configure=configure)
+    with pytest.raises(PoolTimeout) as info:
+        engine.acquire(0.3)
+    assert "configure() left a transaction open" in str(info.value.__cause__)
+    assert engine.stats()["connect_errors"] >= 1
+    check_invariant(engine)
+    engine.close(0)
+
+
+def test_reset_runs_on_every_return_and_failure_discards() -> None:
+    calls: List[Any] = []
+
+    def reset(conn: Any) -> None:
+        calls.append(conn)
+        if len(calls) == 2:
+            raise RuntimeError("reset failed")
+
+    engine = make_engine(min_size=1, reset=reset)
+    engine.wait(DEADLINE)
+    conn = engine.acquire()
+    engine.release(conn)
+    assert calls == [conn]
+    assert not conn.closed
+    conn = engine.acquire()
+    engine.release(conn)
+    assert conn.closed
+    check_invariant(engine)
+    engine.close()
+
+
+def test_connect_errors_become_the_timeout_cause() -> None:
+    driver = FakeDriver()
+    driver.fail_connect = OSError("Connection refused")
+    engine = make_engine(driver, min_size=1)
+    with pytest.raises(PoolTimeout, match="Connection refused") as info:
+        engine.acquire(0.3)
+    assert isinstance(info.value.__cause__, OSError)
+    driver.fail_connect = None
+    assert engine.acquire(DEADLINE) is not None  # recovers by itself
+    engine.close(0)
+
+
+def test_shrinks_to_min_size_after_max_idle() -> None:
+    clock = Clock()
+    engine = make_engine(clock=clock, min_size=1, max_size=3, max_idle=10.0)
+    conns = [engine.acquire(DEADLINE) for _ in range(3)]
+    for conn in conns:
+        engine.release(conn)
+    assert engine.stats()["size"] == 3
+    engine.housekeep()
+    assert engine.stats()["size"] == 3  # not idle long enough yet
+    clock.advance(11)
+    engine.housekeep()
+    assert engine.stats()["size"] == 1
+    check_invariant(engine)
+    engine.close()
+
+
+def test_resize_shrinks_and_grows() -> None:
+    engine = make_engine(min_size=4, max_size=4)
+    engine.wait(DEADLINE)
+    held = [engine.acquire() for _ in range(3)]
+    engine.resize(1, 2)
+    assert engine.stats()["size"] == 3  # the idle one closed now; busy ones still count
+    engine.release(held[0])  # above max_size: closed on return
+    assert held[0].closed
+    engine.release(held[1])  # at max_size: kept
+    assert not held[1].closed
+    engine.release(held[2])
+    assert engine.stats()["size"] == 2
+    engine.resize(3, 5)
+    engine.wait(DEADLINE)
+    assert engine.stats()["size"] == 3
+    with pytest.raises(ValueError, match="must not exceed"):
+        engine.resize(6, 5)
+    assert engine.max_size == 5
+    check_invariant(engine)
+    engine.close()
+
+
+def test_close_wakes_waiters_and_closes_everything() -> None:
+    engine = make_engine(min_size=2, max_size=2)
+    engine.wait(DEADLINE)
+    idle_conn = engine.acquire()
+    engine.release(idle_conn)
+    held = [engine.acquire(), engine.acquire()]
+    results: List[Any] = []
+    thread = start_getter(engine, results, timeout=DEADLINE)
+    wait_until(lambda: engine.stats()["waiting"] == 1, "a waiter")
+    engine.close(timeout=0.05)
+    thread.join(DEADLINE)
+    assert isinstance(results[0], PoolClosed)
+    assert all(c.closed for c in held)  # forced after the timeout
+    with pytest.raises(PoolClosed):
+        engine.acquire()
+    engine.release(held[0])  # a late return of a forced connection is accepted
+    engine.close()  # idempotent
+    assert engine.stats()["size"] == 0
+    assert not engine._maintainer.alive
+
+
+def test_close_waits_for_connections_in_use() -> None:
+    engine = make_engine(min_size=1)
+    engine.wait(DEADLINE)
+    conn = engine.acquire()
+    closer = threading.Thread(target=engine.close, args=(DEADLINE,))
+    closer.start()
+    wait_until(lambda: engine.closed, "close started")
+    assert not conn.closed
+    engine.release(conn)  # closed on return
+    closer.join(DEADLINE)
+    assert not closer.is_alive()
+    assert conn.closed
+
+
+def test_inline_mode_opens_in_the_caller_and_raises_connect_errors() -> None:
+    driver = FakeDriver()
+    engine = make_engine(driver, open_inline=True, start=False, min_size=2, max_size=3)
+    engine.fill_inline()
+    assert engine.stats()["idle"] == 2
+    engine.start()
+    conns = [engine.acquire(0) for _ in range(3)]
+    assert len({id(c) for c in conns}) == 3
+    with pytest.raises(PoolTimeout):
+        engine.acquire(0)
+    engine.release(conns[0])
+    driver.fail_connect = OSError("refused")
+    engine.release(conns[1], close=True)
+    assert engine.acquire(0) is conns[0]  # the idle one first
+    with pytest.raises(OSError, match="refused"):
+        engine.acquire(0)  # then room for one more: opened inline, and that fails
+    check_invariant(engine)
+    engine.close(0)
+
+
+def test_many_threads_no_double_hand_out_no_leak() -> None:
+    engine = make_engine(min_size=2, max_size=6, timeout=DEADLINE)
+    owners: dict[int, int] = {}
+    guard = threading.Lock()
+    errors: List[BaseException] = []
+    counts = [0] * 24
+
+    def worker(index: int) -> None:
+        rng = random.Random(index)
+        try:
+            for _ in range(300):
+                conn = engine.acquire()
+                with guard:
+                    assert id(conn) not in owners, "handed to two callers"
+                    owners[id(conn)] = index
+                if rng.random() < 0.1:
+                    conn.in_transaction = True
+                with guard:
+                    del owners[id(conn)]
+                engine.release(conn, close=rng.random() < 0.02)
+                counts[index] += 1
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(24)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not any(t.is_alive() for t in threads), "a worker hung"
+    assert errors == []
+    assert all(c == 300 for c in counts)
+    stats = engine.stats()
+    assert stats["in_use"] == 0
+    assert stats["size"] <= 6
+    assert stats["requests"] == 24 * 300
+    check_invariant(engine)
+    engine.close()
+    assert engine.stats()["size"] == 0
+
+
+def test_wait_histogram_percentiles() -> None:
+    hist = WaitHistogram()
+    assert hist.percentile_ms(0.5, 0) == 0.0
+    for _ in range(10):
+        hist.record(0.010)
+    hist.record(1.0)
+    # 89 requests were served without waiting: p50 is 0
+    assert hist.percentile_ms(0.5, 89) == 0.0
+    p99 = hist.percentile_ms(0.99, 89)
+    assert 10.0 <= p99 <= 12.0
+    assert hist.percentile_ms(1.0, 89) == 1000.0
+    assert hist.max_seconds == 1.0
+
+
+def test_errors_pickle() -> None:
+    err = PoolTimeout("pool 'x': no connection", pool_name="x", snapshot={"size": 1})
+    copy = pickle.loads(pickle.dumps(err))
+    assert type(copy) is PoolTimeout
+    assert str(copy) == str(err)
+    assert copy.pool_name == "x"
+    assert copy.snapshot == {"size": 1}
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "match"),
+    [
+        ({"min_size": -1}, ValueError, "min_size must be >= 0"),
+        ({"max_size": 0}, ValueError, "max_size must be >= 1"),
+        ({"min_size": 5, "max_size": 2}, ValueError, "must not exceed"),
+        ({"timeout": -1}, ValueError, "timeout must be >= 0"),
+        ({"max_lifetime": 0}, ValueError, "max_lifetime must be > 0"),
+        ({"max_idle": float("nan")}, ValueError, "max_idle"),
+        ({"max_waiting": -2}, ValueError, "max_waiting"),
+        ({"max_size": 2.5}, TypeError, "max_size must be an int"),
+        ({"max_size": True}, TypeError, "max_size must be an int"),
+        ({"configure": 3}, TypeError, "configure must be a callable"),
+    ],
+)
+def test_bad_options_rejected(options: dict[str, Any], error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        make_engine(start=False, **options)
+
+
+def _waiting_is(target: Any, count: int) -> Callable[[], bool]:
+    return lambda: bool(target.stats()["waiting"] == count)
