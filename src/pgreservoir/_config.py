@@ -66,6 +66,13 @@ def check_callback(name: str, value: Any) -> Optional[ConnCallback]:
     return value  # type: ignore[no-any-return]
 
 
+def check_flag(name: str, value: Any) -> bool:
+    """A real bool (a truthy string is a mistake, not a yes)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class PoolConfig:
     """Validated options of one pool (sizes may change later through resize())."""
@@ -80,6 +87,11 @@ class PoolConfig:
     check_idle_after: Optional[float]
     configure: Optional[ConnCallback]
     reset: Optional[ConnCallback]
+    fail_fast: bool = False
+    reconnect_timeout: float = 300.0
+    reconnect_failed: Optional[Callable[[], None]] = None
+    leak_threshold: Optional[float] = None
+    check_idle_interval: Optional[float] = None
 
     @classmethod
     def build(
@@ -95,6 +107,11 @@ class PoolConfig:
         check_idle_after: Any,
         configure: Any,
         reset: Any,
+        fail_fast: Any = False,
+        reconnect_timeout: Any = 300.0,
+        reconnect_failed: Any = None,
+        leak_threshold: Any = None,
+        check_idle_interval: Any = None,
     ) -> PoolConfig:
         """Validate every option, raising TypeError/ValueError on the first bad one."""
         if name is not None and not isinstance(name, str):
@@ -111,4 +128,13 @@ class PoolConfig:
             check_idle_after=check_seconds("check_idle_after", check_idle_after, allow_none=True),
             configure=check_callback("configure", configure),
             reset=check_callback("reset", reset),
+            fail_fast=check_flag("fail_fast", fail_fast),
+            reconnect_timeout=check_seconds("reconnect_timeout", reconnect_timeout),
+            reconnect_failed=check_callback("reconnect_failed", reconnect_failed),  # type: ignore[arg-type]
+            leak_threshold=check_seconds(
+                "leak_threshold", leak_threshold, allow_none=True, positive=True
+            ),
+            check_idle_interval=check_seconds(
+                "check_idle_interval", check_idle_interval, allow_none=True, positive=True
+            ),
         )

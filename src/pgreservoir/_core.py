@@ -31,10 +31,14 @@ Design notes
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 import random
+import sys
 import threading
 import time
+import weakref
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, Type, Union
 
@@ -46,6 +50,9 @@ from .maintenance import Maintainer
 from .stats import WaitHistogram
 
 __all__ = ["LIFETIME_JITTER", "LIVENESS_SKIP", "Engine"]
+
+# Every live engine, so that a fork can reset them in the child.
+_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 #: A connection returned to the pool less than this many seconds ago is handed
 #: out again without the socket check (it was working a moment ago). Longer
@@ -100,6 +107,11 @@ class Engine:
         self._check_idle_after = config.check_idle_after
         self._configure = config.configure
         self._reset = config.reset
+        self._fail_fast = config.fail_fast
+        self._reconnect_timeout = config.reconnect_timeout
+        self._reconnect_failed = config.reconnect_failed
+        self._leak_threshold = config.leak_threshold
+        self._check_idle_interval = config.check_idle_interval
 
         self._lock = threading.Lock()
         # Signalled (rarely) when connections finish opening or closing, for
@@ -135,6 +147,21 @@ class Engine:
         self._forced: Dict[int, Entry] = {}
         self._last_error: Optional[BaseException] = None
         self._connect_failing = False
+        self._failing_since = 0.0  # start of the current run of failed connects
+        self._gave_up = False  # reconnect_failed already called for this run
+        # Idle connections returned before this time get a round-trip check
+        # before hand-out: set when a connection turns out dead, because its
+        # siblings probably died with it (server restart, network reset).
+        self._suspect_before = -math.inf
+        # Keys of handed-out connections that were garbage-collected. Filled
+        # by weakref callbacks, which may run anywhere (even inside our own
+        # critical section, when a collection triggers): list.append is atomic
+        # and takes no lock, and maintenance drains it.
+        self._collected: List[int] = []
+        # Every connection this engine opened and that still exists, wherever
+        # it is (idle, in use, being checked): what a forked child must disown.
+        self._every_conn: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._started = False
         # Counters since the pool opened.
         self._requests = 0
         self._requests_waited = 0
@@ -144,15 +171,17 @@ class Engine:
         self._closed_count = 0
         self._connect_errors = 0
         self._lost = 0
+        self._leaked = 0
         self._waits = WaitHistogram()
 
-        interval = min(config.max_idle, config.max_lifetime) / 2.0
-        self._maintainer = Maintainer(
-            self.name,
-            self._open_one,
-            self.housekeep,
-            interval=min(1.0, max(0.05, interval)) if not math.isnan(interval) else 1.0,
-        )
+        periods = [config.max_idle, config.max_lifetime]
+        periods += [p for p in (config.leak_threshold, config.check_idle_interval) if p]
+        self._interval = min(1.0, max(0.05, min(periods) / 2.0))
+        self._maintainer = self._new_maintainer()
+        _ENGINES.add(self)
+
+    def _new_maintainer(self) -> Maintainer:
+        return Maintainer(self.name, self._open_one, self.housekeep, self._interval)
 
     # ------------------------------------------------------------------
     # Life cycle
@@ -161,6 +190,7 @@ class Engine:
     def start(self) -> None:
         """Request ``min_size`` connections in the background and start maintenance."""
         with self._lock:
+            self._started = True
             self._maybe_refill()
         self._maintainer.start()
 
@@ -233,7 +263,9 @@ class Engine:
                     entry.state = _IN_USE
                     entry.taken_at = now
                     self._in_use[entry.key] = entry
-                    return entry.conn
+                    conn = entry.conn
+                    entry.conn = None
+                    return conn
             taken = self._take_locked(now, timeout)
         return self._acquire_slow(taken, now, timeout)
 
@@ -244,13 +276,21 @@ class Engine:
             entry.state = _RESERVED
             self._reserved += 1
             return entry
-        if self._open_inline and not self._waiters and self._size < self._max_size:
-            self._size += 1
-            self._opening += 1
-            return None
+        if self._open_inline and not self._waiters:
+            if self._size < self._max_size:
+                self._size += 1
+                self._opening += 1
+                return None
+            if self._to_open:
+                # The free slot is held only by a background open that has not
+                # started: open it in this thread instead, as psycopg2.pool would,
+                # rather than time out a caller of a pool with nothing in use.
+                self._to_open -= 1
+                self._pending -= 1
+                return None
         if timeout is None:
             timeout = self._timeout
-        if timeout <= 0:
+        if timeout <= 0 or (self._fail_fast and self._connect_failing):
             self._timeouts += 1
             raise self._timeout_error(0.0)
         if self._max_waiting and len(self._waiters) >= self._max_waiting:
@@ -292,7 +332,9 @@ class Engine:
             if idle_for >= LIVENESS_SKIP:
                 if self._driver.looks_dead(entry.conn):
                     reason = CloseReason.DEAD
-                elif self._check_idle_after is not None and idle_for >= self._check_idle_after:
+                elif entry.last_used <= self._suspect_before or (
+                    self._check_idle_after is not None and idle_for >= self._check_idle_after
+                ):
                     try:
                         self._driver.ping(entry.conn)
                     except Exception:
@@ -304,7 +346,9 @@ class Engine:
                     entry.state = _IN_USE
                     entry.taken_at = now
                     self._in_use[entry.key] = entry
-                    return entry.conn
+                    conn = entry.conn
+                    entry.conn = None
+                    return conn
             reason = CloseReason.POOL_CLOSED
         self._discard(entry, reason)
         return None
@@ -324,8 +368,12 @@ class Engine:
             # Served at the very moment we gave up: keep what we were given.
         if waiter.error is not None:
             raise waiter.error
-        assert waiter.entry is not None
-        return waiter.entry.conn
+        entry = waiter.entry
+        assert entry is not None
+        # The entry is ours now: nobody else touches it until we return it.
+        conn = entry.conn
+        entry.conn = None
+        return conn
 
     def _open_for_caller(self) -> Any:
         """Open a connection in the calling thread on a slot reserved for it."""
@@ -338,7 +386,9 @@ class Engine:
                 entry.state = _IN_USE
                 entry.taken_at = now
                 self._in_use[entry.key] = entry
-                return entry.conn
+                conn = entry.conn
+                entry.conn = None
+                return conn
             entry.state = _RESERVED
             self._reserved += 1
         self._discard(entry, CloseReason.POOL_CLOSED)
@@ -360,7 +410,7 @@ class Engine:
         # The unlocked lookup is only a pre-check (dict reads are atomic); the
         # pop under the lock below is what decides ownership.
         entry = self._in_use.get(id(conn))
-        if entry is None or entry.conn is not conn:
+        if entry is None or entry.ref() is not conn:
             self._reject_return(conn)
             return
         if close:
@@ -369,12 +419,21 @@ class Engine:
             verdict = _EXPIRE
         else:
             verdict = self._driver.verdict(conn, entry.baseline)
-            if verdict == CLEAN and self._reset is not None:
-                verdict = DIRTY
+            if verdict == CLEAN:
+                if self._reset is not None:
+                    verdict = DIRTY
+                elif now - entry.taken_at >= LIVENESS_SKIP and self._driver.looks_dead(conn):
+                    # Its backend died while it was out, after the holder's last
+                    # query. The next hand-out may skip the checkout check (to
+                    # a waiter, or within LIVENESS_SKIP): that skip relies on
+                    # "returned" meaning "alive within the last LIVENESS_SKIP",
+                    # which only holds if a long-held connection is checked here.
+                    verdict = BROKEN
         # -- critical section: check-in fast path
         with self._lock:
             if self._in_use.pop(entry.key, None) is not entry:
                 raise self._error(PoolError, "connection returned twice at the same time")
+            entry.conn = conn
             if verdict == CLEAN and not self._closed and self._size <= self._max_size:
                 entry.last_used = now
                 if self._waiters:
@@ -454,6 +513,7 @@ class Engine:
     def _discard(self, entry: Entry, reason: CloseReason) -> None:
         """Close a RESERVED entry and free its slot (outside the lock)."""
         self._driver.close(entry.conn)
+        entry.ref = None  # no "garbage-collected" report for a connection we closed
         with self._lock:
             entry.state = _CLOSED
             self._reserved -= 1
@@ -461,6 +521,7 @@ class Engine:
             self._closed_count += 1
             if reason is CloseReason.DEAD or reason is CloseReason.BROKEN:
                 self._lost += 1
+                self._suspect_before = self._clock()
             self._maybe_refill()
             self._maybe_grow()
             self._changed.notify_all()
@@ -506,12 +567,23 @@ class Engine:
                         f"{self.name!r}: commit or roll back inside configure()"
                     )
             baseline = self._driver.snapshot(conn)
+            # A backend terminated while our connect was finishing (its FATAL
+            # arriving right after ReadyForQuery) must not go to a waiter.
+            if self._driver.looks_dead(conn):
+                raise PoolError(
+                    f"pool {self.name!r}: a new connection was closed by the server "
+                    "right after it was opened"
+                )
         except BaseException:
             self._driver.close(conn)
             raise
         now = self._clock()
         lifetime = self._max_lifetime * (1.0 - LIFETIME_JITTER * random.random())
-        return Entry(conn, now, now + lifetime, baseline)
+        entry = Entry(conn, now, now + lifetime, baseline)
+        on_collected = functools.partial(_note_collected, self._collected, entry.key)
+        entry.ref = weakref.ref(conn, on_collected)
+        self._every_conn.add(conn)
+        return entry
 
     def _open_reserved(self, background: bool = False) -> Entry:
         """Open a connection on a slot already counted in ``_opening``.
@@ -529,11 +601,23 @@ class Engine:
                     self._pending -= 1
                 self._connect_errors += 1
                 self._last_error = exc
-                self._connect_failing = True
+                if not self._connect_failing:
+                    self._connect_failing = True
+                    self._failing_since = self._clock()
+                if self._fail_fast:
+                    self._fail_waiters_locked()
                 self._maybe_refill()
                 self._maybe_grow()
                 self._changed.notify_all()
             raise
+
+    def _fail_waiters_locked(self) -> None:
+        """Under the lock: fail_fast — every waiter gets PoolTimeout with the connect error."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            self._timeouts += 1
+            waiter.error = self._timeout_error(self._clock() - waiter.since)
+            waiter.lock.release()
 
     def _open_one(self) -> Optional[bool]:
         """Maintenance thread: open one requested connection (None: nothing requested)."""
@@ -547,27 +631,65 @@ class Engine:
             entry = self._open_reserved(background=True)
         except Exception as exc:
             self._on_event("connect_error", f"{type(exc).__name__}: {str(exc).strip()}")
+            self._maybe_give_up()
             return False
         now = self._clock()
         with self._lock:
             self._opening -= 1
             self._pending -= 1
             self._opened += 1
+            recovered = self._connect_failing
             self._connect_failing = False
+            self._gave_up = False
             if not self._closed:
                 self._place_locked(entry, now)
                 self._changed.notify_all()
-                return True
+        if recovered:
+            self._on_event("reconnected", f"after {now - self._failing_since:.1f} s of failures")
+        if not self._closed:
+            return True
+        with self._lock:
             entry.state = _RESERVED
             self._reserved += 1
         self._discard(entry, CloseReason.POOL_CLOSED)
         return True
+
+    def _maybe_give_up(self) -> None:
+        """Maintenance thread: call reconnect_failed once per run of failures that lasts."""
+        with self._lock:
+            due = (
+                self._connect_failing
+                and not self._gave_up
+                and self._clock() - self._failing_since >= self._reconnect_timeout
+            )
+            if due:
+                self._gave_up = True
+        if due:
+            self._on_event(
+                "reconnect_failed",
+                f"no connection for {self._reconnect_timeout:.0f} s; still retrying",
+            )
+            if self._reconnect_failed is not None:
+                try:
+                    self._reconnect_failed()
+                except Exception as exc:
+                    self._on_event("callback_error", f"reconnect_failed raised {exc!r}")
 
     # ------------------------------------------------------------------
     # Maintenance
     # ------------------------------------------------------------------
 
     def housekeep(self) -> None:
+        """Periodic work: free abandoned slots, report leaks, check and retire idle ones."""
+        if self._collected:
+            self._reap_collected()
+        if self._leak_threshold is not None:
+            self._report_leaks()
+        if self._check_idle_interval is not None:
+            self._check_idle()
+        self._retire_idle()
+
+    def _retire_idle(self) -> None:
         """Retire expired idle connections and idle surplus above ``min_size``."""
         now = self._clock()
         doomed: List[Tuple[Entry, CloseReason]] = []
@@ -593,6 +715,153 @@ class Engine:
             self._reserved += len(doomed)
         for entry, reason in doomed:
             self._discard(entry, reason)
+
+    def _reap_collected(self) -> None:
+        """Free the slots of connections garbage-collected while handed out."""
+        keys, self._collected[:] = self._collected[:], []
+        reaped: List[Entry] = []
+        with self._lock:
+            for key in keys:
+                entry = self._in_use.get(key)
+                # The id may already belong to a new connection: check the ref.
+                if entry is not None and entry.ref is not None and entry.ref() is None:
+                    del self._in_use[key]
+                    entry.state = _CLOSED
+                    self._size -= 1
+                    self._closed_count += 1
+                    self._leaked += 1
+                    reaped.append(entry)
+            if reaped:
+                self._maybe_refill()
+                self._maybe_grow()
+                self._changed.notify_all()
+        for entry in reaped:
+            where = f"; it was taken at:\n{_format_stack(entry.trace)}" if entry.trace else ""
+            self._on_event(
+                "leak",
+                "a connection was garbage-collected without being returned; "
+                f"its slot is free again{where}",
+            )
+
+    def _report_leaks(self) -> None:
+        """Report (once per checkout) connections held longer than leak_threshold."""
+        assert self._leak_threshold is not None
+        now = self._clock()
+        found: List[Tuple[float, Any]] = []
+        with self._lock:
+            for entry in self._in_use.values():
+                if not entry.leak_reported and now - entry.taken_at >= self._leak_threshold:
+                    entry.leak_reported = True
+                    self._leaked += 1
+                    found.append((now - entry.taken_at, entry.trace))
+        for held, trace in found:
+            self._on_event(
+                "leak",
+                f"a connection has been held for {held:.1f} s (leak_threshold="
+                f"{self._leak_threshold:g}); it was taken at:\n{_format_stack(trace)}",
+            )
+
+    def _check_idle(self) -> None:
+        """Keepalive: ping connections idle longer than check_idle_interval, one by one."""
+        assert self._check_idle_interval is not None
+        now = self._clock()
+        with self._lock:
+            if self._closed:
+                return
+            due = [
+                e
+                for e in self._idle
+                if now - max(e.last_used, e.checked_at) >= self._check_idle_interval
+            ]
+        for entry in due:
+            with self._lock:
+                if self._closed or entry.state is not _IDLE:
+                    continue
+                self._idle.remove(entry)
+                entry.state = _RESERVED
+                self._reserved += 1
+            try:
+                dead = self._driver.looks_dead(entry.conn)
+                if not dead:
+                    self._driver.ping(entry.conn)
+            except Exception:
+                dead = True
+            if dead:
+                self._discard(entry, CloseReason.DEAD)
+                continue
+            entry.checked_at = self._clock()
+            with self._lock:
+                if not self._closed:
+                    self._reserved -= 1
+                    if self._waiters:
+                        self._hand_off_locked(entry, entry.checked_at)
+                    else:
+                        # Back at the cold end, keeping LIFO order for the others.
+                        entry.state = _IDLE
+                        self._idle.insert(0, entry)
+                    continue
+            self._discard(entry, CloseReason.POOL_CLOSED)
+
+    # ------------------------------------------------------------------
+    # Facade hooks (leak tracing, disconnect hints)
+    # ------------------------------------------------------------------
+
+    def trace_checkout(self, conn: Any) -> None:
+        """Record where ``conn`` was taken (leak detection on); call right after acquire()."""
+        entry = self._in_use.get(id(conn))
+        if entry is not None:
+            entry.trace = _capture_stack(2)
+            entry.leak_reported = False
+
+    def was_reported_leak(self, conn: Any) -> Optional[float]:
+        """If ``conn`` was reported as held too long, how long it has been out."""
+        entry = self._in_use.get(id(conn))
+        if entry is None or not entry.leak_reported:
+            return None
+        return self._clock() - entry.taken_at
+
+    def mark_suspect(self) -> None:
+        """A caller saw a disconnect error: round-trip check idle connections before use."""
+        self._suspect_before = self._clock()
+
+    # ------------------------------------------------------------------
+    # fork()
+    # ------------------------------------------------------------------
+
+    def _after_fork_in_child(self, devnull: int) -> None:
+        """In a forked child: disown the parent's connections, start afresh.
+
+        The parent's sockets are shared with the child. Closing a connection
+        (even psycopg2's dealloc) would send a Terminate message and kill the
+        parent's session, and any query would interleave with the parent's
+        traffic. So each inherited descriptor is pointed at /dev/null: the
+        child can no longer reach the parent's sockets at all (a stray use
+        fails with "server closed the connection"), and the parent's
+        connections keep working. Only the forking thread survives a fork, so
+        the lock and the background thread are replaced too.
+        """
+        for conn in list(self._every_conn):
+            try:
+                fd = conn.fileno()
+            except Exception:
+                continue
+            if fd >= 0:
+                os.dup2(devnull, fd, inheritable=False)
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        # A late putconn() of an inherited connection is accepted and ignored.
+        self._forced = dict(self._in_use)
+        self._idle = []
+        self._in_use = {}
+        self._waiters = deque()
+        self._collected[:] = []
+        self._reserved = self._opening = self._pending = self._to_open = self._size = 0
+        self._every_conn = weakref.WeakSet()
+        self._maintainer = self._new_maintainer()
+        if self._started and not self._closed:
+            with self._lock:
+                self._maybe_refill()
+            self._maintainer.start()
 
     # ------------------------------------------------------------------
     # Whole-pool operations
@@ -679,7 +948,9 @@ class Engine:
             self._size -= len(forced)
             self._closed_count += len(forced)
         for entry in forced:
-            self._driver.force_close(entry.conn)
+            conn = entry.ref() if entry.ref is not None else None
+            if conn is not None:
+                self._driver.force_close(conn)
         if forced:
             self._on_event("forced", f"{len(forced)} connections still in use were closed")
         self._maintainer.stop(max(0.0, min(1.0, deadline - self._clock())))
@@ -713,6 +984,7 @@ class Engine:
                 connections_closed=self._closed_count,
                 connect_errors=self._connect_errors,
                 connections_lost=self._lost,
+                connections_leaked=self._leaked,
                 wait_ms_p50=self._waits.percentile_ms(0.50, unwaited),
                 wait_ms_p99=self._waits.percentile_ms(0.99, unwaited),
                 wait_ms_max=round(self._waits.max_seconds * 1000.0, 3),
@@ -768,3 +1040,38 @@ class Engine:
 
     def __repr__(self) -> str:
         return f"<Engine {self.name!r} {self.describe()}>"
+
+
+def _note_collected(collected: List[int], key: int, ref: Any) -> None:
+    """Weakref callback: a handed-out connection was garbage-collected (no lock taken)."""
+    collected.append(key)
+
+
+def _capture_stack(skip: int) -> List[Tuple[str, int, str]]:
+    """Where the caller is: (file, line, function) of up to 16 frames (~2 us)."""
+    frame: Any = sys._getframe(skip)
+    stack: List[Tuple[str, int, str]] = []
+    while frame is not None and len(stack) < 16:
+        code = frame.f_code
+        stack.append((code.co_filename, frame.f_lineno, code.co_name))
+        frame = frame.f_back
+    return stack
+
+
+def _format_stack(stack: Any) -> str:
+    if not stack:
+        return "  (not recorded)"
+    return "".join(f'  File "{f}", line {n}, in {name}\n' for f, n, name in reversed(stack))
+
+
+def _after_fork_in_child() -> None:
+    devnull = os.open(os.devnull, os.O_RDWR)
+    try:
+        for engine in list(_ENGINES):
+            engine._after_fork_in_child(devnull)
+    finally:
+        os.close(devnull)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

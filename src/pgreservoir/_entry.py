@@ -37,17 +37,25 @@ class Entry:
 
     __slots__ = (
         "baseline",
+        "checked_at",
         "conn",
         "created",
         "expires",
         "key",
         "last_used",
+        "leak_reported",
+        "ref",
         "state",
         "taken_at",
+        "trace",
     )
 
     def __init__(self, conn: Any, created: float, expires: float, baseline: Any) -> None:
+        # The pool holds the connection strongly only while it has it (idle or
+        # reserved); while a caller has it, only ``ref`` (a weakref, so an
+        # abandoned connection can be garbage-collected and its slot freed).
         self.conn = conn
+        self.ref: Any = None
         self.key = id(conn)
         self.state = State.RESERVED
         self.created = created
@@ -59,6 +67,12 @@ class Entry:
         self.taken_at = created
         # Session settings to restore at check-in (driver-specific tuple).
         self.baseline = baseline
+        # Last background liveness check (maintenance keepalive).
+        self.checked_at = created
+        # Leak detection: where it was taken (when enabled), and whether the
+        # current checkout was already reported as held too long.
+        self.trace: Any = None
+        self.leak_reported = False
 
     def __repr__(self) -> str:
         return f"<Entry {self.key:#x} {self.state.value}>"

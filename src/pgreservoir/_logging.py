@@ -16,6 +16,10 @@ _LEVELS = {
     "connect_error": logging.WARNING,
     "reset_failed": logging.WARNING,
     "forced": logging.WARNING,
+    "leak": logging.WARNING,
+    "reconnect_failed": logging.ERROR,
+    "callback_error": logging.ERROR,
+    "reconnected": logging.INFO,
     "closed": logging.INFO,
 }
 

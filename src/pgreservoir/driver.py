@@ -79,6 +79,9 @@ class Driver(Protocol):
     def describe(self) -> str:
         """Where connections go, with any password masked (for logs and errors)."""
 
+    def is_disconnect(self, exc: BaseException, conn: Any) -> bool:
+        """Whether ``exc`` (raised while using ``conn``) means the server connection is gone."""
+
 
 def mask_dsn(params: Mapping[str, Any]) -> str:
     """Render connection parameters as a DSN with the password replaced by ``***``."""
@@ -146,8 +149,18 @@ class Psycopg2Driver:
 
     def connect(self) -> Any:
         if self._dsn is None:
-            return self._psycopg2.connect(*self._args, **self._kwargs)
-        return self._psycopg2.connect(self._dsn, *self._args, **self._kwargs)
+            conn = self._psycopg2.connect(*self._args, **self._kwargs)
+        else:
+            conn = self._psycopg2.connect(self._dsn, *self._args, **self._kwargs)
+        # libpq may have read more than ReadyForQuery into its buffer: a backend
+        # terminated as the connection completed leaves its FATAL there, where
+        # no select() can see it. poll() processes it (into conn.notices).
+        try:
+            conn.poll()
+        except self._psycopg2.Error:
+            self.close(conn)
+            raise
+        return conn
 
     def close(self, conn: Any) -> None:
         with contextlib.suppress(Exception):
@@ -219,6 +232,8 @@ class Psycopg2Driver:
     def looks_dead(self, conn: Any) -> bool:
         if conn.closed:
             return True
+        notices = conn.notices
+        before = notices[-1] if notices else None
         try:
             fd = conn.fileno()
             # An idle connection has nothing to read unless the server hung up
@@ -232,6 +247,18 @@ class Psycopg2Driver:
                 if not readable:
                     break
                 conn.poll()
+            if conn.closed:
+                return True
+            # libpq files a message that arrives outside a query as a notice:
+            # the FATAL a terminated backend sends, or the WARNING of a crash
+            # restart, with the EOF possibly not there yet. A FATAL is final;
+            # anything else new is rare on an idle connection: ask the server.
+            notices = conn.notices
+            latest = notices[-1] if notices else None
+            if latest is not None and latest is not before:
+                if latest.startswith("FATAL"):
+                    return True
+                self.ping(conn)
         except (OSError, ValueError, self._psycopg2.Error):
             return True
         return bool(conn.closed)
@@ -251,6 +278,16 @@ class Psycopg2Driver:
 
     def describe(self) -> str:
         return self._masked
+
+    def is_disconnect(self, exc: BaseException, conn: Any) -> bool:
+        if not isinstance(exc, self._psycopg2.Error):
+            return False
+        if conn is not None and conn.closed:
+            return True
+        code = getattr(exc, "pgcode", None) or ""
+        # Class 08: connection exception; 57P01-57P03: admin shutdown, crash
+        # shutdown, cannot connect now.
+        return code.startswith("08") or code in ("57P01", "57P02", "57P03")
 
 
 def _strip_password(message: str) -> str:

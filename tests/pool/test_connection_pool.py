@@ -15,27 +15,7 @@ import pytest
 
 from pgreservoir import ConnectionPool, PoolClosed, PoolError, PoolTimeout, TooManyRequests
 from pgreservoir.testing import PostgresServer
-
-DEADLINE = 15.0
-
-
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = DEADLINE) -> None:
-    """Poll ``predicate`` until true, failing with ``what`` after ``timeout`` seconds."""
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
-
-
-def backend_pid(conn: Any) -> int:
-    return int(conn.get_backend_pid())
-
-
-def scalar(conn: Any, query: str, params: Any = None) -> Any:
-    with conn.cursor() as cur:
-        cur.execute(query, params)
-        return cur.fetchone()[0]
+from support import DEADLINE, backend_pid, scalar, wait_until
 
 
 @pytest.fixture

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import itertools
 import threading
-from typing import Any, List, Optional
+import weakref
+from typing import Any, Optional
 
 from pgreservoir._config import PoolConfig
 from pgreservoir._core import Engine
@@ -31,7 +32,8 @@ class FakeDriver:
     """Implements pgreservoir.driver.Driver on FakeConn objects."""
 
     def __init__(self) -> None:
-        self.opened: List[FakeConn] = []
+        # Weak: a test may drop a connection to see the pool reap it.
+        self.opened: weakref.WeakSet[FakeConn] = weakref.WeakSet()
         self.fail_connect: Optional[BaseException] = None
         self.fail_clean = False
         self.connect_gate: Optional[threading.Event] = None  # block connects until set
@@ -46,7 +48,7 @@ class FakeDriver:
             raise self.fail_connect
         conn = FakeConn()
         with self._lock:
-            self.opened.append(conn)
+            self.opened.add(conn)
         return conn
 
     def open_count(self) -> int:
@@ -89,6 +91,9 @@ class FakeDriver:
 
     def describe(self) -> str:
         return "fake"
+
+    def is_disconnect(self, exc: BaseException, conn: Any) -> bool:
+        return bool(conn is not None and (conn.closed or conn.dead))
 
 
 class Clock:

@@ -527,3 +527,63 @@ def test_bad_options_rejected(options: dict[str, Any], error: type, match: str) 
 
 def _waiting_is(target: Any, count: int) -> Callable[[], bool]:
     return lambda: bool(target.stats()["waiting"] == count)
+
+
+def test_fail_fast_wakes_waiters_when_a_connect_fails() -> None:
+    driver = FakeDriver()
+    engine = make_engine(driver, min_size=0, max_size=2, fail_fast=True, timeout=DEADLINE)
+    conn = engine.acquire()
+    driver.fail_connect = OSError("Connection refused")
+    results: List[Any] = []
+    thread = start_getter(engine, results, timeout=DEADLINE)
+    thread.join(DEADLINE)
+    assert isinstance(results[0], PoolTimeout)
+    assert isinstance(results[0].__cause__, OSError)
+    with pytest.raises(PoolTimeout, match="Connection refused"):
+        engine.acquire(DEADLINE)  # known unreachable: no wait at all
+    engine.release(conn)
+    assert engine.acquire(DEADLINE) is conn  # an idle connection is still served
+    engine.close(0)
+
+
+def test_a_dead_connection_makes_its_idle_siblings_get_a_round_trip() -> None:
+    clock = Clock()
+    driver = FakeDriver()
+    engine = make_engine(driver, clock=clock, min_size=3, max_size=3)
+    engine.wait(DEADLINE)
+    a, b, c = (engine.acquire() for _ in range(3))
+    engine.release(a)
+    engine.release(b)
+    c.dead = True
+    engine.release(c)  # broken: siblings become suspect
+    clock.advance(1.0)
+    engine.acquire()
+    assert driver.pings == 1
+    engine.close(0)
+
+
+def test_garbage_collected_connection_is_reaped() -> None:
+    import gc
+
+    engine = make_engine(min_size=0, max_size=1)
+    engine.acquire(DEADLINE)  # dropped at once
+    gc.collect()
+    engine.housekeep()
+    stats = engine.stats()
+    assert stats["in_use"] == 0
+    assert stats["size"] == 0
+    assert stats["connections_leaked"] == 1
+    check_invariant(engine)
+    assert engine.acquire(DEADLINE) is not None
+    engine.close(0)
+
+
+def test_closed_connections_are_not_reported_as_collected() -> None:
+    import gc
+
+    engine = make_engine(min_size=0, max_size=1)
+    engine.release(engine.acquire(DEADLINE), close=True)
+    gc.collect()
+    engine.housekeep()
+    assert engine.stats()["connections_leaked"] == 0
+    engine.close(0)
