@@ -8,13 +8,36 @@ from typing import Any, Callable, Dict, Iterator, Optional
 
 from ._config import PoolConfig, check_seconds
 from ._core import Engine
+from ._helpers import PoolHelpers
 from ._logging import event_logger
+from ._logging import logger as _logger
 from .driver import DEFAULT_CONNECT_OPTIONS, Psycopg2Driver
 
 __all__ = ["ConnectionPool"]
 
 
-class ConnectionPool:
+def _bind_pool(
+    pool: ConnectionPool, callback: Optional[Callable[[ConnectionPool], None]]
+) -> Optional[Callable[[], None]]:
+    """Give the engine a no-argument callback that calls ``callback(pool)``.
+
+    Holds the pool weakly, so the engine does not keep the pool alive.
+    """
+    if callback is None:
+        return None
+    if not callable(callback):
+        raise TypeError(f"reconnect_failed must be a callable taking the pool, got {callback!r}")
+    ref = weakref.ref(pool)
+
+    def call() -> None:
+        target = ref()
+        if target is not None:
+            callback(target)
+
+    return call
+
+
+class ConnectionPool(PoolHelpers):
     """A fair, self-healing pool of psycopg2 connections.
 
     ``dsn`` and ``**connect_kwargs`` are passed to ``psycopg2.connect()`` (and
@@ -39,6 +62,16 @@ class ConnectionPool:
     Hooks: ``configure(conn)`` runs once on each new connection, ``reset(conn)``
     on each return; if either raises or leaves a transaction open the
     connection is discarded.
+
+    Resilience: when connecting fails the pool retries in the background with
+    exponential backoff (one attempt at a time); waiting callers get a
+    PoolTimeout carrying the last connection error, or, with
+    ``fail_fast=True``, get it at once while the server is unreachable.
+    ``reconnect_failed(pool)`` is called once after ``reconnect_timeout``
+    seconds of failures (the pool keeps retrying). ``leak_threshold``
+    reports connections held longer than that, with where they were taken.
+    ``check_idle_interval`` pings idle connections in the background so that
+    ones killed by a firewall or ``idle_session_timeout`` are replaced early.
     """
 
     def __init__(
@@ -55,6 +88,11 @@ class ConnectionPool:
         configure: Optional[Callable[[Any], None]] = None,
         reset: Optional[Callable[[Any], None]] = None,
         name: Optional[str] = None,
+        fail_fast: bool = False,
+        reconnect_timeout: float = 300.0,
+        reconnect_failed: Optional[Callable[[ConnectionPool], None]] = None,
+        leak_threshold: Optional[float] = None,
+        check_idle_interval: Optional[float] = None,
         **connect_kwargs: Any,
     ) -> None:
         config = PoolConfig.build(
@@ -68,10 +106,19 @@ class ConnectionPool:
             check_idle_after=check_idle_after,
             configure=configure,
             reset=reset,
+            fail_fast=fail_fast,
+            reconnect_timeout=reconnect_timeout,
+            reconnect_failed=_bind_pool(self, reconnect_failed),
+            leak_threshold=leak_threshold,
+            check_idle_interval=check_idle_interval,
         )
         driver = Psycopg2Driver(dsn, connect_kwargs, defaults=DEFAULT_CONNECT_OPTIONS)
+        self._driver = driver
         self._engine = engine = Engine(driver, config, on_event=event_logger(config.name))
         self._conninfo = driver.describe()
+        # Leak tracing costs a stack walk per checkout: only pay it when asked.
+        self._acquire = engine.acquire if leak_threshold is None else self._acquire_traced
+        self._release = engine.release if leak_threshold is None else self._release_traced
         engine.start()
         # Close the pool (and stop its thread) when it is garbage-collected or,
         # if still open, at interpreter exit. The callback holds the engine, not
@@ -115,7 +162,7 @@ class ConnectionPool:
         """
         if timeout is not None:
             timeout = check_seconds("timeout", timeout)
-        return self._engine.acquire(timeout)
+        return self._acquire(timeout)
 
     def putconn(self, conn: Any, close: bool = False) -> None:
         """Give back a connection from :meth:`getconn`.
@@ -124,7 +171,20 @@ class ConnectionPool:
         restored; ``close=True`` (or a broken connection) closes it instead.
         Returning a connection twice, or one from elsewhere, raises PoolError.
         """
+        self._release(conn, close)
+
+    def _acquire_traced(self, timeout: Optional[float]) -> Any:
+        conn = self._engine.acquire(timeout)
+        self._engine.trace_checkout(conn)
+        return conn
+
+    def _release_traced(self, conn: Any, close: bool = False) -> None:
+        held = self._engine.was_reported_leak(conn)
         self._engine.release(conn, close)
+        if held is not None:
+            _logger.warning(
+                "pool %r: a connection reported as leaked came back after %.1f s", self.name, held
+            )
 
     @contextlib.contextmanager
     def connection(self, timeout: Optional[float] = None) -> Iterator[Any]:
@@ -135,15 +195,18 @@ class ConnectionPool:
         conn = self.getconn(timeout)
         try:
             yield conn
-        except BaseException:
+        except BaseException as exc:
             # The engine rolls back whatever is left open when it takes it back.
-            self._engine.release(conn)
+            lost = self._driver.is_disconnect(exc, conn)
+            if lost:
+                self._engine.mark_suspect()
+            self._release(conn, lost)
             raise
         try:
             if not conn.closed:
                 conn.commit()
         finally:
-            self._engine.release(conn)
+            self._release(conn)
 
     # -- management ------------------------------------------------------
 
