@@ -22,6 +22,15 @@ Usage::
         server.resume()                       # ... and SIGCONT it
     # server stopped, temporary directory removed
 
+Faults on the network path: :class:`TcpProxy` (see :mod:`pgreservoir._proxy`)
+sits between a client and a server and can black-hole, refuse or reset
+connections, or add latency, at run time::
+
+    with TcpProxy.for_server(server) as proxy:
+        pool = ConnectionPool(proxy.dsn_for(server), connect_timeout=2)
+        proxy.set_mode("reset")               # RST every connection, refuse new
+        proxy.set_mode("pass")
+
 The pytest plugin :mod:`pgreservoir.testing_plugin` exposes the
 ``postgres_server`` (session) and ``postgres_dsn`` (per test) fixtures.
 
@@ -74,8 +83,11 @@ import psycopg2.errors
 import psycopg2.extensions
 from psycopg2 import sql
 
+from ._proxy import TcpProxy
+
 __all__ = [
     "PostgresServer",
+    "TcpProxy",
     "embedded_bindir",
     "find_bindir",
     "start_server",
