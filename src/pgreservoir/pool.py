@@ -40,7 +40,7 @@ from typing import Any, Callable, Dict, Mapping, NoReturn, Optional, Union
 
 from psycopg2.pool import PoolError
 
-from ._config import PoolConfig, check_callback, check_seconds, check_size
+from ._config import PoolConfig, check_callback, check_flag, check_seconds, check_size
 from ._core import Engine
 from ._helpers import PoolHelpers
 from ._logging import event_logger
@@ -126,6 +126,11 @@ class PoolOptions:
         a keyword or in the DSN). Default: ``connect_timeout=10`` and TCP
         keepalives (``keepalives=1, keepalives_idle=30,
         keepalives_interval=10, keepalives_count=5``); ``{}`` adds nothing.
+    ``fail_fast``, ``reconnect_timeout``, ``leak_threshold``, ``check_idle_interval``
+        As for :class:`pgreservoir.ConnectionPool`: fail waiting callers at
+        once while connecting fails; log an error after that many seconds of
+        failed reconnects; report connections held longer than that (with
+        where they were taken); ping idle connections in the background.
     """
 
     timeout: float = 0.0
@@ -139,6 +144,10 @@ class PoolOptions:
     connect_defaults: Mapping[str, Any] = dataclasses.field(
         default_factory=lambda: dict(DEFAULT_CONNECT_OPTIONS)
     )
+    fail_fast: bool = False
+    reconnect_timeout: float = 300.0
+    leak_threshold: Optional[float] = None
+    check_idle_interval: Optional[float] = None
 
     def __post_init__(self) -> None:
         # Validate here, so a bad value fails where it is written.
@@ -149,6 +158,12 @@ class PoolOptions:
         check_seconds("check_idle_after", self.check_idle_after, allow_none=True)
         check_callback("configure", self.configure)
         check_callback("reset", self.reset)
+        check_flag("fail_fast", self.fail_fast)
+        check_seconds("reconnect_timeout", self.reconnect_timeout)
+        check_seconds("leak_threshold", self.leak_threshold, allow_none=True, positive=True)
+        check_seconds(
+            "check_idle_interval", self.check_idle_interval, allow_none=True, positive=True
+        )
         if self.name is not None and not isinstance(self.name, str):
             raise TypeError(f"name must be a str or None, got {self.name!r}")
         if not isinstance(self.connect_defaults, Mapping):
@@ -261,12 +276,18 @@ class AbstractConnectionPool(PoolHelpers):
             check_idle_after=options.check_idle_after,
             configure=options.configure,
             reset=options.reset,
+            fail_fast=options.fail_fast,
+            reconnect_timeout=options.reconnect_timeout,
+            leak_threshold=options.leak_threshold,
+            check_idle_interval=options.check_idle_interval,
         )
         driver = Psycopg2Driver(dsn, kwargs, defaults=options.connect_defaults, args=args)
         engine = Engine(driver, config, open_inline=True, on_event=_compat_events(config.name))
         engine.fill_inline()  # psycopg2: minconn connections now; errors propagate
         engine.start()  # then refill to minconn and retire old connections in the background
         self._engine = engine
+        # Leak tracing walks the stack per checkout: only when asked for.
+        self._checkout = engine.acquire if options.leak_threshold is None else self._traced
         self._timeout = config.timeout
         self._conninfo = driver.describe()
         # Keys are this facade's business: the engine tracks connections, not
@@ -328,14 +349,19 @@ class AbstractConnectionPool(PoolHelpers):
         if key is None:
             # The fast path, inlined: one call into the engine.
             try:
-                return self._engine.acquire(self._timeout)
+                return self._checkout(self._timeout)
             except _EngineError as exc:
                 return self._acquire_failed(exc, self._timeout)
         return self._getconn_keyed(key)
 
+    def _traced(self, timeout: Optional[float]) -> Any:
+        conn = self._engine.acquire(timeout)
+        self._engine.trace_checkout(conn)
+        return conn
+
     def _acquire(self, timeout: float) -> Any:
         try:
-            return self._engine.acquire(timeout)
+            return self._checkout(timeout)
         except _EngineError as exc:
             return self._acquire_failed(exc, timeout)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from typing import Any, Callable, Dict, List
 
 import psycopg2
@@ -264,3 +265,32 @@ def test_subclass_locking_around_the_private_methods(postgres_dsn: str) -> None:
     pool.putconn(conn, "k")
     pool.closeall()
     assert conn.closed
+
+
+def test_resilience_options_reach_the_engine(postgres_dsn: str) -> None:
+    """fail_fast, leak_threshold... are accepted by PoolOptions and drive the engine."""
+    import logging
+
+    from pgreservoir import pool as pgpool
+
+    options = pgpool.PoolOptions(
+        fail_fast=True, reconnect_timeout=5.0, leak_threshold=0.1, check_idle_interval=0.5
+    )
+    p = pgpool.ThreadedConnectionPool(1, 2, postgres_dsn, pool_options=options)
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign,assignment]
+    logging.getLogger("pgreservoir").addHandler(handler)
+    try:
+        conn = p.getconn()
+        deadline = time.monotonic() + 15
+        while p.stats()["connections_leaked"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert p.stats()["connections_leaked"] == 1
+        assert any("test_resilience_options_reach_the_engine" in r.getMessage() for r in records)
+        p.putconn(conn)
+        with pytest.raises(TypeError, match="fail_fast must be True or False"):
+            pgpool.PoolOptions(fail_fast="yes")  # type: ignore[arg-type]
+    finally:
+        logging.getLogger("pgreservoir").removeHandler(handler)
+        p.closeall()
