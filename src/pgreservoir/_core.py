@@ -372,6 +372,20 @@ class Engine:
         assert entry is not None
         # The entry is ours now: nobody else touches it until we return it.
         conn = entry.conn
+        now = self._clock()
+        if now - entry.taken_at >= LIVENESS_SKIP and self._driver.looks_dead(conn):
+            # We woke long after the hand-off (a busy machine) and the server
+            # side died meanwhile: discard it and try again in the time left.
+            with self._lock:
+                del self._in_use[entry.key]
+                entry.state = _RESERVED
+                self._reserved += 1
+            self._discard(entry, CloseReason.DEAD)
+            with self._lock:
+                if self._closed:
+                    raise self._closed_error()
+                taken = self._take_locked(now, max(0.0, deadline - now))
+            return self._acquire_slow(taken, now, max(0.0, deadline - now))
         entry.conn = None
         return conn
 

@@ -41,7 +41,7 @@ import json
 import math
 import threading
 import time
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import psycopg2
 import pytest
@@ -223,7 +223,13 @@ class Pause(Fault):
                 row = cur.fetchone()
                 if row is not None and row[0] == 0:
                     break
-                assert time.monotonic() < end, "terminated backends did not exit"
+                if time.monotonic() >= end:
+                    cur.execute(
+                        "SELECT pid, state, wait_event_type, wait_event, backend_type, query"
+                        " FROM pg_stat_activity WHERE datname = %s",
+                        (DB,),
+                    )
+                    raise AssertionError(f"terminated backends did not exit: {cur.fetchall()}")
                 time.sleep(0.01)
 
     def restore(self, ctx: Context) -> None:
@@ -342,22 +348,20 @@ def leftover_threads() -> List[str]:
     return [t.name for t in threading.enumerate() if t.name.startswith(prefixes)]
 
 
-def stale_handouts(records: List[Request], injected: List[float]) -> List[Request]:
-    """Requests that failed on a connection handed out after the last fault before
-    their failure had completed (not cut off by the workload): a dead connection
-    was handed out. A request hit by a fault while it held its connection is not
+def stale_handouts(
+    records: List[Request], injected: List[Tuple[float, float]]
+) -> List[Request]:
+    """Requests that failed on a connection handed out after a fault had completed
+    when no later fault had begun by their failure (and not cut off by the
+    workload): a dead connection was handed out. ``injected`` holds each fault's
+    (start, end). A request hit by a fault while it held its connection is not
     stale, even if an earlier round's fault was long over when it started."""
-
-    def last_fault_before(moment: float) -> Optional[float]:
-        earlier = [t for t in injected if t <= moment]
-        return max(earlier) if earlier else None
-
     stale = []
     for r in records:
         if r.kind != "OperationalError" or r.killed or r.t_got is None:
             continue
-        fault = last_fault_before(r.t_end)
-        if fault is not None and r.t_got >= fault:
+        begun = [(start, end) for start, end in injected if start <= r.t_end]
+        if begun and r.t_got >= max(begun)[1]:
             stale.append(r)
     return stale
 
@@ -368,7 +372,7 @@ def stale_handouts(records: List[Request], injected: List[float]) -> List[Reques
 
 
 def one_round(
-    ctx: Context, fault: Fault, workload: Workload, injected: List[float]
+    ctx: Context, fault: Fault, workload: Workload, injected: List[Tuple[float, float]]
 ) -> Dict[str, float]:
     """Warm up, inject the fault, hold it until felt, restore, measure recovery."""
     pool = ctx.pool
@@ -380,7 +384,7 @@ def one_round(
     t_inject = time.monotonic()
     fault.inject(ctx)
     t_injected = time.monotonic()
-    injected.append(t_injected)
+    injected.append((t_inject, t_injected))
     if fault.outage:
         workload.wait_until(
             lambda: fault.felt(ctx, workload, t_injected, base),
@@ -442,7 +446,7 @@ def run_chaos(server: PostgresServer, fault: Fault) -> Dict[str, Any]:
         io_timeout=IO_TIMEOUT,
     )
     rounds: List[Dict[str, float]] = []
-    injected: List[float] = []
+    injected: List[Tuple[float, float]] = []
     alive: List[str] = []
     try:
         pool.wait(PHASE_DEADLINE)
@@ -527,8 +531,9 @@ def run_chaos(server: PostgresServer, fault: Fault) -> Dict[str, Any]:
     # hand-out, but a backend can still die between that check and the caller's
     # first query, and on a loaded 2-core VM a thread can be descheduled there
     # for tens of ms. That race exists for any pool; what must hold is that it
-    # stays rare: at most one such request per connection per fault.
-    assert len(stale) <= MAX_SIZE * fault.rounds, [vars_of(r) for r in stale[:5]]
+    # stays rare (measured: 0 in every run); allow one per round, not one per
+    # connection, so a real regression cannot hide behind the race.
+    assert len(stale) <= fault.rounds, [vars_of(r) for r in stale[:5]]
     assert quiet["size"] == server_count <= MAX_SIZE
     assert after_close["in_use"] == 0
     assert after_close["size"] == 0
