@@ -168,9 +168,13 @@ def test_32_threads_on_8_connections_all_progress_no_double_hand_out(
     counts = [0] * 32
     errors: List[BaseException] = []
     stop = threading.Event()
+    # Everyone starts together: otherwise the first threads run alone while the
+    # rest are still being created, and the counts measure start-up, not fairness.
+    start = threading.Barrier(32)
 
     def worker(index: int) -> None:
         try:
+            start.wait(DEADLINE)
             while not stop.is_set():
                 with pool.connection() as conn:
                     with guard:
