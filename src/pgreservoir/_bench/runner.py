@@ -1,0 +1,642 @@
+"""Timed runs: worker threads hammer one contender, then the numbers are reduced.
+
+How one run works
+-----------------
+The contender is opened and warmed (all its connections opened and returned),
+then ``threads`` worker threads start together at a barrier and loop::
+
+    t0 = clock(); conn = acquire(); t1 = clock()   # t1 - t0: acquisition wait
+    work(conn); release(conn)                       # one operation
+
+until ``duration`` seconds have passed (or, with an operation budget, until the
+budget is spent: a shared ticket counter, no clock involved). An operation
+counts if its connection was acquired before the deadline; a wait that ends
+after it still counts as a wait (so a starved thread's wait is not lost).
+Throughput is counted operations over the time from the start to the end of
+the last counted operation.
+
+Per run: operations/s, each thread's count (fairness = least-served /
+most-served), acquisition wait mean/p50/p99/max, errors, the contender's own
+retries and the peak number of server connections carrying the run's
+``application_name`` (sampled from a side connection every 20 ms).
+
+Across rounds the contenders run interleaved (the order rotates each round) and
+the median round value of each figure is reported; errors are summed and the
+peak connections are the highest seen.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import itertools
+import math
+import os
+import statistics
+import sys
+import threading
+import time
+from array import array
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import psycopg2
+
+from .contenders import Contender, Target
+
+__all__ = [
+    "SAMPLE_INTERVAL",
+    "WORKLOADS",
+    "BenchError",
+    "RunResult",
+    "Scenario",
+    "ScenarioResult",
+    "Summary",
+    "Workload",
+    "percentile",
+    "run_once",
+    "run_suite",
+    "summarize",
+]
+
+#: Seconds between two counts of the server's connections during a run.
+SAMPLE_INTERVAL = 0.02
+
+#: Seconds a run may overrun its duration before the benchmark declares the
+#: contender stuck (its threads are daemons and are abandoned).
+HANG_GRACE = 60.0
+
+#: With an operation budget there is no duration: a run still stops being
+#: waited for after this many seconds.
+BUDGET_RUN_LIMIT = 600.0
+
+#: Server-side time of one short transaction (the ``transaction`` workload).
+TRANSACTION_SLEEP = 0.002
+
+
+class BenchError(Exception):
+    """The benchmark could not run (bad options, no server, a stuck contender)."""
+
+
+# ---------------------------------------------------------------------------
+# Workloads
+# ---------------------------------------------------------------------------
+
+
+def _select_one(conn: Any) -> None:
+    cur = conn.cursor()
+    cur.execute("SELECT 1")
+    cur.fetchone()
+    cur.close()
+
+
+_SLEEP_QUERY = f"SELECT pg_sleep({TRANSACTION_SLEEP})"
+
+
+def _short_transaction(conn: Any) -> None:
+    # Three round trips, the connection held ~2 ms by the server: a typical
+    # short web transaction. The client thread releases the GIL throughout.
+    cur = conn.cursor()
+    cur.execute("BEGIN")
+    cur.execute(_SLEEP_QUERY)
+    cur.fetchone()
+    cur.execute("COMMIT")
+    cur.close()
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What a worker does with each connection it acquires."""
+
+    key: str
+    description: str
+    # Called with the acquired connection; ``id`` (a C no-op) for checkout-only.
+    work: Callable[[Any], Any] = field(repr=False)
+    # Run by one thread whatever --threads says (the pure-overhead workload).
+    single_thread: bool = False
+
+
+WORKLOADS: Dict[str, Workload] = {
+    w.key: w
+    for w in (
+        Workload("overhead", "checkout + return only, one thread", id, single_thread=True),
+        Workload("checkout", "checkout + return only", id),
+        Workload("select", "SELECT 1 per checkout", _select_one),
+        Workload(
+            "transaction",
+            f"BEGIN; SELECT pg_sleep({TRANSACTION_SLEEP}); COMMIT per checkout",
+            _short_transaction,
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A workload at a thread count and pool size."""
+
+    workload: Workload
+    threads: int
+    size: int
+
+    @property
+    def title(self) -> str:
+        threads = "1 thread" if self.threads == 1 else f"{self.threads} threads"
+        return f"{self.workload.key} ({threads}, {self.size} connections)"
+
+
+# ---------------------------------------------------------------------------
+# Results
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class RunResult:
+    """One contender, one round."""
+
+    contender: str
+    round: int
+    threads: int
+    ops: int = 0
+    elapsed: float = 0.0
+    thread_ops: List[int] = field(default_factory=list)
+    wait_mean_ms: float = 0.0
+    wait_p50_ms: float = 0.0
+    wait_p99_ms: float = 0.0
+    wait_max_ms: float = 0.0
+    errors: int = 0
+    first_error: Optional[str] = None
+    retries: int = 0
+    peak_connections: Optional[int] = None
+    # Set when the contender could not be opened or got stuck: nothing measured.
+    failed: Optional[str] = None
+
+    @property
+    def ops_per_s(self) -> float:
+        return self.ops / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def fairness(self) -> float:
+        """Least-served thread's operations / most-served thread's (1 = even)."""
+        if not self.thread_ops or max(self.thread_ops) == 0:
+            return 0.0
+        return min(self.thread_ops) / max(self.thread_ops)
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {
+            "round": self.round,
+            "threads": self.threads,
+            "ops": self.ops,
+            "elapsed_s": round(self.elapsed, 6),
+            "ops_per_s": round(self.ops_per_s, 1),
+            "fairness": round(self.fairness, 4),
+            "thread_ops": self.thread_ops,
+            "wait_ms": {
+                "mean": self.wait_mean_ms,
+                "p50": self.wait_p50_ms,
+                "p99": self.wait_p99_ms,
+                "max": self.wait_max_ms,
+            },
+            "errors": self.errors,
+            "first_error": self.first_error,
+            "retries": self.retries,
+            "peak_server_connections": self.peak_connections,
+            "failed": self.failed,
+        }
+
+
+@dataclass
+class Summary:
+    """One contender in one scenario: the median over its rounds."""
+
+    contender: Contender
+    runs: List[RunResult]
+    ops_per_s: float = 0.0
+    ratio_to_dedicated: Optional[float] = None
+    overhead_us: Optional[float] = None
+    fairness: float = 0.0
+    least_served_ops: int = 0
+    most_served_ops: int = 0
+    wait_mean_ms: float = 0.0
+    wait_p50_ms: float = 0.0
+    wait_p99_ms: float = 0.0
+    wait_max_ms: float = 0.0
+    errors: int = 0
+    retries: int = 0
+    peak_connections: Optional[int] = None
+    failed: Optional[str] = None
+
+    def as_dict(self) -> Dict[str, Any]:
+        def rounded(value: Optional[float], digits: int) -> Optional[float]:
+            return None if value is None else round(value, digits)
+
+        return {
+            "contender": self.contender.key,
+            "label": self.contender.label,
+            "kind": self.contender.kind,
+            "description": self.contender.note,
+            "ops_per_s": round(self.ops_per_s, 1),
+            "ratio_to_dedicated": rounded(self.ratio_to_dedicated, 4),
+            "overhead_us_per_op": rounded(self.overhead_us, 3),
+            "fairness": round(self.fairness, 4),
+            "least_served_ops": self.least_served_ops,
+            "most_served_ops": self.most_served_ops,
+            "wait_ms": {
+                "mean": self.wait_mean_ms,
+                "p50": self.wait_p50_ms,
+                "p99": self.wait_p99_ms,
+                "max": self.wait_max_ms,
+            },
+            "errors": self.errors,
+            "retries": self.retries,
+            "peak_server_connections": self.peak_connections,
+            "failed": self.failed,
+            "rounds": [run.as_dict() for run in self.runs],
+        }
+
+
+@dataclass
+class ScenarioResult:
+    """Every contender's summary for one scenario, in contender order."""
+
+    scenario: Scenario
+    summaries: List[Summary]
+
+    def get(self, key: str) -> Optional[Summary]:
+        """The summary of contender ``key``, if it ran and did not fail."""
+        for summary in self.summaries:
+            if summary.contender.key == key and summary.failed is None:
+                return summary
+        return None
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {
+            "workload": self.scenario.workload.key,
+            "description": self.scenario.workload.description,
+            "threads": self.scenario.threads,
+            "size": self.scenario.size,
+            "results": [summary.as_dict() for summary in self.summaries],
+        }
+
+
+def percentile(ordered: Sequence[float], q: float) -> float:
+    """Nearest-rank ``q`` quantile (0..1] of an ascending sequence (0 if empty)."""
+    if not ordered:
+        return 0.0
+    rank = max(1, math.ceil(q * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def summarize(
+    contender: Contender, runs: List[RunResult], dedicated: Optional[Summary]
+) -> Summary:
+    """Reduce a contender's rounds to medians (errors summed, peak maximised)."""
+    summary = Summary(contender, runs)
+    good = [run for run in runs if run.failed is None]
+    if not good:
+        summary.failed = runs[0].failed if runs else "did not run"
+        return summary
+
+    def median(values: Sequence[float]) -> float:
+        return float(statistics.median(values))
+
+    summary.ops_per_s = median([run.ops_per_s for run in good])
+    summary.fairness = median([run.fairness for run in good])
+    # The least/most-served counts come from the median-throughput round.
+    middle = sorted(good, key=lambda run: run.ops_per_s)[(len(good) - 1) // 2]
+    summary.least_served_ops = min(middle.thread_ops, default=0)
+    summary.most_served_ops = max(middle.thread_ops, default=0)
+    summary.wait_mean_ms = round(median([run.wait_mean_ms for run in good]), 4)
+    summary.wait_p50_ms = round(median([run.wait_p50_ms for run in good]), 4)
+    summary.wait_p99_ms = round(median([run.wait_p99_ms for run in good]), 4)
+    summary.wait_max_ms = round(median([run.wait_max_ms for run in good]), 4)
+    summary.errors = sum(run.errors for run in runs)
+    summary.retries = int(median([run.retries for run in good]))
+    peaks = [run.peak_connections for run in good if run.peak_connections is not None]
+    summary.peak_connections = max(peaks) if peaks else None
+    if dedicated is not None and dedicated.ops_per_s > 0 and summary.ops_per_s > 0:
+        summary.ratio_to_dedicated = summary.ops_per_s / dedicated.ops_per_s
+        summary.overhead_us = 1e6 / summary.ops_per_s - 1e6 / dedicated.ops_per_s
+    return summary
+
+
+# ---------------------------------------------------------------------------
+# Counting server connections
+# ---------------------------------------------------------------------------
+
+
+class ConnectionSampler:
+    """Counts, from a side connection, the server connections of one run.
+
+    Connections are recognised by their ``application_name``, so other clients
+    of a shared server are not counted.
+    """
+
+    def __init__(self, dsn: str, interval: float = SAMPLE_INTERVAL) -> None:
+        self._conn = psycopg2.connect(dsn, application_name="pgreservoir-bench-sampler")
+        self._conn.autocommit = True
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._name = ""
+        self.peak = 0
+
+    def count(self) -> int:
+        """Connections with the current run's name, now."""
+        with self._lock, self._conn.cursor() as cur:
+            cur.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                (self._name,),
+            )
+            row = cur.fetchone()
+        return int(row[0]) if row else 0
+
+    def _sample(self) -> None:
+        # A missed sample only lowers the peak we report.
+        with contextlib.suppress(psycopg2.Error):
+            self.peak = max(self.peak, self.count())
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._sample()
+
+    def begin(self, application_name: str) -> None:
+        """Start sampling the connections named ``application_name``."""
+        self._name = application_name
+        self.peak = 0
+        self._sample()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="bench-sampler", daemon=True)
+        self._thread.start()
+
+    def end(self) -> int:
+        """Stop sampling; the highest count seen."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self._sample()
+        return self.peak
+
+    def close(self) -> None:
+        self._stop.set()
+        self._conn.close()
+
+
+# ---------------------------------------------------------------------------
+# One run
+# ---------------------------------------------------------------------------
+
+
+class _ThreadResult:
+    __slots__ = ("end", "errors", "first_error", "ops", "waits")
+
+    def __init__(
+        self, ops: int, waits: array[float], errors: int, first_error: Optional[str], end: float
+    ) -> None:
+        self.ops = ops
+        self.waits = waits
+        self.errors = errors
+        self.first_error = first_error
+        self.end = end
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+def _release_quietly(release: Callable[[Any], Any], conn: Any) -> None:
+    with contextlib.suppress(Exception):
+        release(conn)
+
+
+class _RunSpec:
+    """What every worker thread of one run shares."""
+
+    __slots__ = ("budget", "duration", "gate", "results", "take_ticket", "work")
+
+    def __init__(self, work: Callable[[Any], Any], threads: int, duration: float,
+                 budget: int) -> None:
+        self.work = work
+        self.gate = threading.Barrier(threads + 1)
+        self.duration = duration
+        self.take_ticket = itertools.count().__next__
+        self.budget = budget
+        self.results: List[Optional[_ThreadResult]] = [None] * threads
+
+
+def _worker(
+    acquire: Callable[[], Any], release: Callable[[Any], Any], spec: _RunSpec, index: int
+) -> None:
+    # The hot loop: everything it touches is a local. Two clock reads per
+    # operation (around acquire) and one ticket, for every contender alike.
+    perf = time.perf_counter
+    work = spec.work
+    take_ticket = spec.take_ticket
+    budget = spec.budget
+    waits: array[float] = array("d")
+    record = waits.append
+    done = 0
+    errors = 0
+    first_error: Optional[str] = None
+    spec.gate.wait()
+    t0 = perf()
+    deadline = t0 + spec.duration
+    while t0 < deadline and take_ticket() < budget:
+        try:
+            conn = acquire()
+        except Exception as exc:
+            errors += 1
+            if first_error is None:
+                first_error = _describe(exc)
+            t0 = perf()
+            continue
+        t1 = perf()
+        record(t1 - t0)
+        if t1 >= deadline:
+            # Acquired too late: the wait counts, the operation does not.
+            _release_quietly(release, conn)
+            break
+        try:
+            work(conn)
+        except Exception as exc:
+            errors += 1
+            if first_error is None:
+                first_error = _describe(exc)
+            _release_quietly(release, conn)
+        else:
+            try:
+                release(conn)
+                done += 1
+            except Exception as exc:
+                errors += 1
+                if first_error is None:
+                    first_error = _describe(exc)
+        t0 = perf()
+    spec.results[index] = _ThreadResult(done, waits, errors, first_error, t0)
+
+
+def _warm(acquire: Callable[[], Any], release: Callable[[Any], Any], count: int) -> None:
+    """Have the pool open all its connections before the clock starts."""
+    held = [acquire() for _ in range(count)]
+    for conn in held:
+        release(conn)
+
+
+def run_once(
+    contender: Contender,
+    scenario: Scenario,
+    target: Target,
+    *,
+    round_no: int = 0,
+    duration: Optional[float] = 1.0,
+    ops: Optional[int] = None,
+    sampler: Optional[ConnectionSampler] = None,
+) -> RunResult:
+    """Run ``contender`` on ``scenario`` for ``duration`` seconds or ``ops`` operations.
+
+    Raises whatever opening the contender raises, and BenchError if its threads
+    do not finish.
+    """
+    if (duration is None) == (ops is None):
+        raise BenchError("give exactly one of duration and ops")
+    threads = 1 if scenario.workload.single_thread else scenario.threads
+    session = contender.open(
+        target, min(scenario.size, threads) if contender.per_thread else scenario.size
+    )
+    try:
+        if session.max_threads is not None:
+            threads = min(threads, session.max_threads)
+        if session.warm:
+            _warm(session.acquire, session.release, min(session.warm, scenario.size))
+        spec = _RunSpec(
+            scenario.workload.work,
+            threads,
+            math.inf if duration is None else duration,
+            sys.maxsize if ops is None else ops,
+        )
+        workers = []
+        for index in range(threads):
+            acquire, release = session.callables(index, alone=threads == 1)
+            worker = threading.Thread(
+                target=_worker,
+                args=(acquire, release, spec, index),
+                name=f"bench-{contender.key}-{index}",
+                daemon=True,
+            )
+            worker.start()
+            workers.append(worker)
+        gc.collect()
+        if sampler is not None:
+            sampler.begin(target.application_name)
+        spec.gate.wait()
+        start = time.perf_counter()
+        limit = start + (BUDGET_RUN_LIMIT if duration is None else duration + HANG_GRACE)
+        for worker in workers:
+            worker.join(max(0.0, limit - time.perf_counter()))
+        peak = sampler.end() if sampler is not None else None
+        if any(worker.is_alive() for worker in workers):
+            raise BenchError(
+                f"{contender.label}: worker threads still running "
+                f"{limit - start:.0f} s after the start; the pool looks stuck"
+            )
+        retries = session.retries()
+    finally:
+        session.close()
+    run = _reduce(contender, round_no, start, spec.results)
+    run.retries = retries
+    run.peak_connections = peak
+    return run
+
+
+def _reduce(
+    contender: Contender, round_no: int, start: float, results: List[Optional[_ThreadResult]]
+) -> RunResult:
+    done = [r for r in results if r is not None]
+    waits: array[float] = array("d")
+    for r in done:
+        waits.extend(r.waits)
+    ordered = sorted(waits)
+    run = RunResult(contender.key, round_no, len(results))
+    run.thread_ops = [r.ops for r in done]
+    run.ops = sum(run.thread_ops)
+    run.elapsed = max((r.end for r in done), default=start) - start
+    if ordered:
+        run.wait_mean_ms = round(math.fsum(ordered) / len(ordered) * 1000.0, 4)
+        run.wait_p50_ms = round(percentile(ordered, 0.50) * 1000.0, 4)
+        run.wait_p99_ms = round(percentile(ordered, 0.99) * 1000.0, 4)
+        run.wait_max_ms = round(ordered[-1] * 1000.0, 4)
+    run.errors = sum(r.errors for r in done)
+    run.first_error = next((r.first_error for r in done if r.first_error), None)
+    return run
+
+
+# ---------------------------------------------------------------------------
+# The suite
+# ---------------------------------------------------------------------------
+
+Progress = Callable[[str], None]
+
+
+def run_suite(
+    dsn: str,
+    scenarios: Sequence[Scenario],
+    contenders: Sequence[Contender],
+    *,
+    rounds: int = 3,
+    duration: Optional[float] = 1.0,
+    ops: Optional[int] = None,
+    progress: Optional[Progress] = None,
+    sample_connections: bool = True,
+) -> List[ScenarioResult]:
+    """Run every contender on every scenario, ``rounds`` times, interleaved.
+
+    ``progress(text)`` is called before each run. A contender that fails to
+    open or gets stuck is reported as failed; the others carry on.
+    """
+    if rounds < 1:
+        raise BenchError("rounds must be >= 1")
+    sampler = ConnectionSampler(dsn) if sample_connections else None
+    serial = itertools.count(1)
+    results: List[ScenarioResult] = []
+    try:
+        for scenario in scenarios:
+            runs: Dict[str, List[RunResult]] = {c.key: [] for c in contenders}
+            for round_no in range(rounds):
+                # Rotate the order each round: nobody always runs first or last.
+                shift = round_no % len(contenders) if contenders else 0
+                order = list(contenders[shift:]) + list(contenders[:shift])
+                for contender in order:
+                    if progress is not None:
+                        progress(f"{scenario.workload.key} | {contender.label} | "
+                                 f"round {round_no + 1}/{rounds}")
+                    name = f"pgreservoir-bench-{os.getpid()}-{next(serial)}"
+                    target = Target(dsn, name)
+                    try:
+                        run = run_once(contender, scenario, target, round_no=round_no,
+                                       duration=duration, ops=ops, sampler=sampler)
+                    except Exception as exc:
+                        run = RunResult(contender.key, round_no, 0, failed=_describe(exc))
+                    runs[contender.key].append(run)
+            dedicated_runs = runs.get("dedicated")
+            dedicated = None
+            if dedicated_runs:
+                dedicated = summarize(_contender_by_key(contenders, "dedicated"),
+                                      dedicated_runs, None)
+                if dedicated.failed is not None:
+                    dedicated = None
+            summaries = [summarize(c, runs[c.key], dedicated) for c in contenders]
+            results.append(ScenarioResult(scenario, summaries))
+    finally:
+        if sampler is not None:
+            sampler.close()
+    return results
+
+
+def _contender_by_key(contenders: Sequence[Contender], key: str) -> Contender:
+    for contender in contenders:
+        if contender.key == key:
+            return contender
+    raise KeyError(key)

@@ -1,0 +1,255 @@
+"""``pgreservoir bench``: the command end to end, and a regression guard.
+
+Nothing here asserts a wall-clock time. The guard compares figures within one
+run and counts operations; its runs end after a fixed number of operations (a
+shared ticket counter), not after a duration.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Dict, Iterator, List
+
+import pytest
+
+import pgreservoir
+from pgreservoir._bench import CONTENDERS, WORKLOADS, Scenario, Target, run_once
+from pgreservoir._bench.report import check_targets, format_ms, format_table
+from pgreservoir._bench.runner import ConnectionSampler, RunResult, percentile, summarize
+from pgreservoir.cli import main
+
+BY_KEY = {c.key: c for c in CONTENDERS}
+# pgreservoir's pools present in this checkout (ThreadedConnectionPool lives in pool.py).
+OURS = [c for c in CONTENDERS if c.kind == "pgreservoir" and c.missing() is None]
+# Contenders every environment has: psycopg2 is the driver.
+ALWAYS = ("pgreservoir", "psycopg2", "unpooled", "dedicated")
+SRC = str(Path(pgreservoir.__file__).resolve().parent.parent)
+
+
+def _summaries(scenario: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
+    return {row["contender"]: row for row in scenario["results"]}
+
+
+# ---------------------------------------------------------------------------
+# The command, end to end
+# ---------------------------------------------------------------------------
+
+
+def test_quick_run_starts_its_own_server_and_reports(tmp_path: Path) -> None:
+    report = tmp_path / "bench.json"
+    path = [SRC, os.environ.get("PYTHONPATH", "")]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in path if p))
+    done = subprocess.run(
+        [sys.executable, "-m", "pgreservoir", "bench", "--quick", "--json", str(report),
+         "--memory", "--memory-checkouts", "20000"],
+        capture_output=True, text=True, env=env, timeout=240, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "throwaway PostgreSQL" in done.stderr
+
+    # One table: a header, then one row per contender in every workload.
+    table = done.stdout
+    for column in ("ops/s", "x ded", "wait ms: mean", "p99", "fair", "retries", "conns"):
+        assert column in table
+    for workload in WORKLOADS:
+        assert workload in table
+    for key in ALWAYS:
+        assert BY_KEY[key].label in table
+    assert "Targets (issue #5):" in table
+    assert "memory check (tracemalloc)" in table
+
+    document = json.loads(report.read_text())
+    assert document["settings"]["threads"] == 32
+    assert document["settings"]["size"] == 8
+    assert [s["workload"] for s in document["scenarios"]] == list(WORKLOADS)
+    ran = set(document["settings"]["contenders"])
+    assert set(ALWAYS) <= ran
+    assert {c.key for c in OURS} <= ran
+    for scenario in document["scenarios"]:
+        rows = _summaries(scenario)
+        assert set(rows) == ran
+        single = scenario["workload"] == "overhead"
+        assert rows["dedicated"]["ratio_to_dedicated"] == 1.0
+        for key, row in rows.items():
+            assert row["failed"] is None, (key, row["failed"])
+            assert row["ops_per_s"] > 0, key
+            assert 0.0 <= row["fairness"] <= 1.0
+            wait = row["wait_ms"]
+            assert 0.0 <= wait["p50"] <= wait["p99"] <= wait["max"], (key, wait)
+            assert len(row["rounds"]) == 1
+            threads = row["rounds"][0]["threads"]
+            expected = 1 if single else (8 if key == "dedicated" else 32)
+            assert threads == expected, (key, threads)
+            if key != "unpooled":
+                # Pools never go past their size (the sampler may miss none of it).
+                assert 1 <= row["peak_server_connections"] <= 8, (key, row)
+        for ours in OURS:
+            assert rows[ours.key]["errors"] == 0
+            assert rows[ours.key]["retries"] == 0
+    assert document["targets"], "the default workloads evaluate the targets"
+    assert all(t["met"] in (True, False, None) for t in document["targets"])
+    memory = {m["contender"]: m for m in document["memory"]}
+    assert set(memory) == {c.key for c in OURS}
+    for result in memory.values():
+        assert result["checkouts"] == 20000
+        assert result["ok"] is True, result
+
+
+def test_list_names_every_contender(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--list"]) == 0
+    out = capsys.readouterr().out
+    for contender in CONTENDERS:
+        assert contender.key in out
+
+
+def test_bad_options_are_refused_before_anything_runs(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["bench", "--contenders", "nosuchpool", "--dsn", "host=/nonexistent"]) == 2
+    assert "unknown contender 'nosuchpool'" in capsys.readouterr().err
+    assert main(["bench", "--workloads", "nosuch", "--dsn", "host=/nonexistent"]) == 2
+    assert "unknown workload 'nosuch'" in capsys.readouterr().err
+    assert main(["bench", "--ops", "10", "--duration", "1", "--dsn", "x"]) == 2
+    assert "not both" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["bench", "--threads", "0"])
+
+
+def test_plot_is_drawn_or_refused_clearly(
+    postgres_dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    picture = tmp_path / "bench.png"
+    status = main(["bench", "--dsn", postgres_dsn, "--workloads", "select", "--contenders",
+                   "pgreservoir,dedicated", "--threads", "4", "--size", "2", "--ops", "200",
+                   "--no-progress", "--plot", str(picture)])
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert status == 0
+        assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    else:
+        assert status == 2
+        assert "--plot needs matplotlib" in capsys.readouterr().err
+        assert not picture.exists()
+
+
+# ---------------------------------------------------------------------------
+# Regression guard: ratios and counts within one run, never times
+# ---------------------------------------------------------------------------
+
+CONTENTION = Scenario(WORKLOADS["select"], threads=16, size=4)
+BUDGET = 3000
+
+
+@pytest.fixture
+def sampler(postgres_dsn: str) -> Iterator[ConnectionSampler]:
+    counter = ConnectionSampler(postgres_dsn)
+    yield counter
+    counter.close()
+
+
+@pytest.mark.parametrize("contender", OURS, ids=[c.key for c in OURS])
+def test_guard_pgreservoir_serves_every_thread_fairly(
+    contender: Any, postgres_dsn: str, sampler: ConnectionSampler
+) -> None:
+    run = run_once(contender, CONTENTION, Target(postgres_dsn, f"guard-{contender.key}"),
+                   duration=None, ops=BUDGET, sampler=sampler)
+    assert run.failed is None
+    assert run.errors == 0, run.first_error
+    assert run.ops == BUDGET  # every ticket became exactly one operation
+    assert len(run.thread_ops) == 16
+    assert min(run.thread_ops) > 0, run.thread_ops  # nobody starved
+    assert run.fairness >= 0.5, run.thread_ops
+    assert run.peak_connections is not None
+    assert run.peak_connections <= 4
+
+
+def test_guard_psycopg2_pool_starves_and_retries_where_pgreservoir_does_not(
+    postgres_dsn: str,
+) -> None:
+    ours = run_once(BY_KEY["pgreservoir"], CONTENTION, Target(postgres_dsn, "guard-ours"),
+                    duration=None, ops=BUDGET)
+    theirs = run_once(BY_KEY["psycopg2"], CONTENTION, Target(postgres_dsn, "guard-theirs"),
+                      duration=None, ops=BUDGET)
+    assert theirs.ops == BUDGET
+    assert theirs.errors == 0
+    # "connection pool exhausted" is raised at once; the users' loop retries.
+    assert theirs.retries > 0
+    assert ours.retries == 0
+    assert ours.fairness >= theirs.fairness, (ours.thread_ops, theirs.thread_ops)
+
+
+# ---------------------------------------------------------------------------
+# The arithmetic
+# ---------------------------------------------------------------------------
+
+
+def test_percentile_is_nearest_rank() -> None:
+    ordered = [float(i) for i in range(1, 101)]
+    assert percentile(ordered, 0.50) == 50.0
+    assert percentile(ordered, 0.99) == 99.0
+    assert percentile(ordered, 1.0) == 100.0
+    assert percentile([3.0], 0.99) == 3.0
+    assert percentile([], 0.5) == 0.0
+
+
+def _run(key: str, round_no: int, ops: int, thread_ops: List[int], **extra: Any) -> RunResult:
+    run = RunResult(key, round_no, len(thread_ops), ops=ops, elapsed=1.0,
+                    thread_ops=thread_ops)
+    for name, value in extra.items():
+        setattr(run, name, value)
+    return run
+
+
+def test_summaries_take_medians_sum_errors_and_compare_to_dedicated() -> None:
+    dedicated = summarize(BY_KEY["dedicated"], [
+        _run("dedicated", 0, 1000, [250] * 4),
+        _run("dedicated", 1, 1200, [300] * 4),
+        _run("dedicated", 2, 800, [200] * 4),
+    ], None)
+    assert dedicated.ops_per_s == 1000
+    ours = summarize(BY_KEY["pgreservoir"], [
+        _run("pgreservoir", 0, 900, [100, 200], errors=1, wait_p99_ms=3.0),
+        _run("pgreservoir", 1, 500, [250, 250], wait_p99_ms=1.0),
+        _run("pgreservoir", 2, 700, [300, 400], errors=2, wait_p99_ms=2.0),
+    ], dedicated)
+    assert ours.ops_per_s == 700
+    assert ours.ratio_to_dedicated == pytest.approx(0.7)
+    assert ours.overhead_us == pytest.approx(1e6 / 700 - 1e6 / 1000)
+    assert ours.fairness == 0.75  # median of 0.5, 1.0, 0.75
+    assert (ours.least_served_ops, ours.most_served_ops) == (300, 400)  # median round
+    assert ours.errors == 3
+    assert ours.wait_p99_ms == 2.0
+    failed = summarize(BY_KEY["psycopg2"], [RunResult("psycopg2", 0, 0, failed="boom")],
+                       dedicated)
+    assert failed.failed == "boom"
+
+
+def test_table_and_targets_from_summaries() -> None:
+    from pgreservoir._bench.runner import ScenarioResult
+
+    scenario = Scenario(WORKLOADS["transaction"], 32, 8)
+    dedicated = summarize(BY_KEY["dedicated"], [_run("dedicated", 0, 3000, [375] * 8)], None)
+    ours = summarize(BY_KEY["pgreservoir"], [_run(
+        "pgreservoir", 0, 2800, [87] * 31 + [100], wait_mean_ms=9.0, wait_p99_ms=12.0)],
+        dedicated)
+    peer = summarize(BY_KEY["psycopg2"], [_run("psycopg2", 0, 2900, [0] * 24 + [362] * 8)],
+                     dedicated)
+    broken = summarize(BY_KEY["sqlalchemy"], [RunResult("sqlalchemy", 0, 0, failed="nope")],
+                       dedicated)
+    result = ScenarioResult(scenario, [ours, peer, broken, dedicated])
+    table = format_table([result])
+    assert "transaction 32/8" in table
+    assert "failed: nope" in table
+    checks = {c.target: c for c in check_targets([result])}
+    where = "transaction, 32 threads on 8 connections: pgreservoir"
+    assert checks[f"{where} >= 0.90x dedicated"].met is True  # 0.933
+    assert checks[f"{where} faster than every peer"].met is False  # 2800 < 2900
+    assert checks[f"{where} fairness >= 0.8"].met is True  # 0.87
+    assert checks[f"{where} p99 wait within 3x the mean wait"].met is True
+    assert format_ms(0.0) == "0"
+    assert format_ms(8.474) == "8.47"
+    assert format_ms(1003.2) == "1003"
