@@ -294,7 +294,10 @@ def test_closeall_interrupts_a_query_in_progress(
     thread.join(DEADLINE)
     assert not thread.is_alive()
     assert len(errors) == 1
-    assert isinstance(errors[0], psycopg2.OperationalError)
+    # Usually OperationalError; psycopg2 raises a plain DatabaseError when the
+    # close lands while it classifies the error (see docs/resilience.md).
+    assert isinstance(errors[0], psycopg2.DatabaseError)
+    assert "server closed the connection" in str(errors[0])
     assert conn.closed
 
 

@@ -441,7 +441,10 @@ def _worker(
     done = 0
     errors = 0
     first_error: Optional[str] = None
-    spec.gate.wait()
+    try:
+        spec.gate.wait()
+    except threading.BrokenBarrierError:
+        return  # the run was called off before it started
     t0 = perf()
     deadline = t0 + spec.duration
     while t0 < deadline and take_ticket() < budget:
@@ -529,9 +532,13 @@ def run_once(
             worker.start()
             workers.append(worker)
         gc.collect()
-        if sampler is not None:
-            sampler.begin(target.application_name)
-        spec.gate.wait()
+        try:
+            if sampler is not None:
+                sampler.begin(target.application_name)
+            spec.gate.wait()
+        except BaseException:
+            spec.gate.abort()  # let the workers go instead of waiting forever
+            raise
         start = time.perf_counter()
         limit = start + (BUDGET_RUN_LIMIT if duration is None else duration + HANG_GRACE)
         for worker in workers:
