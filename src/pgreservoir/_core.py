@@ -96,6 +96,7 @@ class Engine:
         on_event: EventSink = _no_events,
     ) -> None:
         self._driver = driver
+        self._verdict = driver.verdict  # bound once: called on every check-in
         self.name = config.name
         self._clock = clock
         self._on_event = on_event
@@ -141,7 +142,9 @@ class Engine:
         self._size = 0
         self._min_size = config.min_size
         self._max_size = config.max_size
-        self._closed = False
+        # Whether close() was called. A plain attribute, not a property, as
+        # the facades read it on their check-in paths; only close() sets it.
+        self.closed = False
         # Connections still out when close() gave up waiting; closed by force.
         # A late putconn() of one of them is accepted silently.
         self._forced: Dict[int, Entry] = {}
@@ -221,11 +224,6 @@ class Engine:
             self._opened += len(opened)
 
     @property
-    def closed(self) -> bool:
-        """Whether close() was called."""
-        return self._closed
-
-    @property
     def min_size(self) -> int:
         """Connections kept open."""
         return self._min_size
@@ -250,10 +248,13 @@ class Engine:
         ``None`` means the pool's timeout; ``0`` means do not wait.
         """
         now = self._clock()
-        # -- critical section: the fast path (an idle connection, just used)
-        with self._lock:
-            if self._closed:
-                raise self._closed_error()
+        # -- critical section: the fast path (an idle connection, just used).
+        # acquire()/try/finally rather than `with`: on CPython 3.11 the
+        # context-manager protocol of a Lock costs twice the lock itself, and
+        # this section runs on every checkout.
+        lock = self._lock
+        lock.acquire()
+        try:
             self._requests += 1
             idle = self._idle
             if idle:
@@ -266,7 +267,14 @@ class Engine:
                     conn = entry.conn
                     entry.conn = None
                     return conn
+            # Off the fast path: close() empties _idle in the critical section
+            # that sets closed, and nothing is added to it afterwards.
+            if self.closed:
+                self._requests -= 1
+                raise self._closed_error()
             taken = self._take_locked(now, timeout)
+        finally:
+            lock.release()
         return self._acquire_slow(taken, now, timeout)
 
     def _take_locked(self, now: float, timeout: Optional[float]) -> _Taken:
@@ -315,7 +323,7 @@ class Engine:
                 return conn
             now = self._clock()
             with self._lock:
-                if self._closed:
+                if self.closed:
                     raise self._closed_error()
                 taken = self._take_locked(now, max(0.0, deadline - now))
         if taken is None:
@@ -341,7 +349,7 @@ class Engine:
                         reason = CloseReason.DEAD
         if reason is None:
             with self._lock:
-                if not self._closed:
+                if not self.closed:
                     self._reserved -= 1
                     entry.state = _IN_USE
                     entry.taken_at = now
@@ -382,7 +390,7 @@ class Engine:
                 self._reserved += 1
             self._discard(entry, CloseReason.DEAD)
             with self._lock:
-                if self._closed:
+                if self.closed:
                     raise self._closed_error()
                 taken = self._take_locked(now, max(0.0, deadline - now))
             return self._acquire_slow(taken, now, max(0.0, deadline - now))
@@ -396,7 +404,7 @@ class Engine:
         with self._lock:
             self._opening -= 1
             self._opened += 1
-            if not self._closed:
+            if not self.closed:
                 entry.state = _IN_USE
                 entry.taken_at = now
                 self._in_use[entry.key] = entry
@@ -432,7 +440,7 @@ class Engine:
         elif entry.expires <= now:
             verdict = _EXPIRE
         else:
-            verdict = self._driver.verdict(conn, entry.baseline)
+            verdict = self._verdict(conn, entry.baseline)
             if verdict == CLEAN:
                 if self._reset is not None:
                     verdict = DIRTY
@@ -443,12 +451,14 @@ class Engine:
                     # "returned" meaning "alive within the last LIVENESS_SKIP",
                     # which only holds if a long-held connection is checked here.
                     verdict = BROKEN
-        # -- critical section: check-in fast path
-        with self._lock:
+        # -- critical section: check-in fast path (no `with`: see acquire())
+        lock = self._lock
+        lock.acquire()
+        try:
             if self._in_use.pop(entry.key, None) is not entry:
                 raise self._error(PoolError, "connection returned twice at the same time")
             entry.conn = conn
-            if verdict == CLEAN and not self._closed and self._size <= self._max_size:
+            if verdict == CLEAN and not self.closed and self._size <= self._max_size:
                 entry.last_used = now
                 if self._waiters:
                     self._hand_off_locked(entry, now)
@@ -458,6 +468,8 @@ class Engine:
                 return
             entry.state = _RESERVED
             self._reserved += 1
+        finally:
+            lock.release()
         self._release_slow(entry, verdict, now)
 
     def _reject_return(self, conn: Any) -> None:
@@ -478,7 +490,7 @@ class Engine:
             reason = CloseReason.CALLER
         elif verdict == _EXPIRE:
             reason = CloseReason.EXPIRED
-        elif self._closed:
+        elif self.closed:
             reason = CloseReason.POOL_CLOSED
         elif self._size > self._max_size:
             reason = CloseReason.RESIZED
@@ -494,7 +506,7 @@ class Engine:
                 self._on_event("reset_failed", f"{type(exc).__name__}: {exc}")
         if reason is None:
             with self._lock:
-                if not self._closed:
+                if not self.closed:
                     self._reserved -= 1
                     entry.last_used = now
                     if self._waiters:
@@ -548,7 +560,7 @@ class Engine:
 
     def _maybe_refill(self) -> None:
         """Under the lock: request background opens up to ``min_size``."""
-        if self._closed:
+        if self.closed:
             return
         need = self._min_size - self._size
         if need > 0:
@@ -556,7 +568,7 @@ class Engine:
 
     def _maybe_grow(self) -> None:
         """Under the lock: request one background open per waiter not yet covered."""
-        if self._closed:
+        if self.closed:
             return
         need = min(len(self._waiters) - self._pending, self._max_size - self._size)
         if need > 0:
@@ -655,12 +667,12 @@ class Engine:
             recovered = self._connect_failing
             self._connect_failing = False
             self._gave_up = False
-            if not self._closed:
+            if not self.closed:
                 self._place_locked(entry, now)
                 self._changed.notify_all()
         if recovered:
             self._on_event("reconnected", f"after {now - self._failing_since:.1f} s of failures")
-        if not self._closed:
+        if not self.closed:
             return True
         with self._lock:
             entry.state = _RESERVED
@@ -708,7 +720,7 @@ class Engine:
         now = self._clock()
         doomed: List[Tuple[Entry, CloseReason]] = []
         with self._lock:
-            if self._closed or not self._idle:
+            if self.closed or not self._idle:
                 return
             surplus = self._size - self._min_size
             keep: List[Entry] = []
@@ -780,7 +792,7 @@ class Engine:
         assert self._check_idle_interval is not None
         now = self._clock()
         with self._lock:
-            if self._closed:
+            if self.closed:
                 return
             due = [
                 e
@@ -789,7 +801,7 @@ class Engine:
             ]
         for entry in due:
             with self._lock:
-                if self._closed or entry.state is not _IDLE:
+                if self.closed or entry.state is not _IDLE:
                     continue
                 self._idle.remove(entry)
                 entry.state = _RESERVED
@@ -805,7 +817,7 @@ class Engine:
                 continue
             entry.checked_at = self._clock()
             with self._lock:
-                if not self._closed:
+                if not self.closed:
                     self._reserved -= 1
                     if self._waiters:
                         self._hand_off_locked(entry, entry.checked_at)
@@ -872,7 +884,7 @@ class Engine:
         self._reserved = self._opening = self._pending = self._to_open = self._size = 0
         self._every_conn = weakref.WeakSet()
         self._maintainer = self._new_maintainer()
-        if self._started and not self._closed:
+        if self._started and not self.closed:
             with self._lock:
                 self._maybe_refill()
             self._maintainer.start()
@@ -886,7 +898,7 @@ class Engine:
         deadline = self._clock() + timeout
         with self._changed:
             while self._size - self._opening < self._min_size:
-                if self._closed:
+                if self.closed:
                     raise self._closed_error()
                 left = deadline - self._clock()
                 if left <= 0 or not self._changed.wait(min(left, threading.TIMEOUT_MAX)):
@@ -904,7 +916,7 @@ class Engine:
         min_size, max_size = check_sizes(min_size, max_size)
         doomed: List[Entry] = []
         with self._lock:
-            if self._closed:
+            if self.closed:
                 raise self._closed_error()
             self._min_size = min_size
             self._max_size = max_size
@@ -925,9 +937,9 @@ class Engine:
         connections in use close as they come back. Idempotent.
         """
         with self._lock:
-            if self._closed:
+            if self.closed:
                 return
-            self._closed = True
+            self.closed = True
             waiters = list(self._waiters)
             self._waiters.clear()
             for waiter in waiters:
@@ -1013,7 +1025,7 @@ class Engine:
     def describe(self) -> str:
         """Short state for repr(): ``size=3/10 idle=1 in_use=2 waiting=0``."""
         g = self.gauges()
-        state = "closed" if self._closed else "open"
+        state = "closed" if self.closed else "open"
         return (
             f"{state} size={g['size']}/{g['max_size']} idle={g['idle']} "
             f"in_use={g['in_use']} waiting={g['waiting']}"

@@ -418,15 +418,21 @@ class AbstractConnectionPool(PoolHelpers):
         that does not match it; the pool is left untouched then.
         """
         engine = self._engine
+        if key is None and conn is not None and not self._key_of:
+            # The fast path (no keyed connections out), inlined. On a closed
+            # pool the engine forgets the connection (closeall() closed it),
+            # then we raise as psycopg2 does.
+            try:
+                engine.release(conn, close)
+            except _EngineError as exc:
+                if engine.closed:
+                    raise self._closed_error() from None
+                raise self._compat_error(exc, UNKEYED_MESSAGE) from exc.__cause__
+            if engine.closed:
+                raise self._closed_error()
+            return
         if engine.closed:
             self._put_after_close(conn)
-        if key is None and conn is not None and not self._key_of:
-            # The fast path (no keyed connections out), inlined.
-            try:
-                engine.release(conn, bool(close))
-            except _EngineError as exc:
-                raise self._compat_error(exc, UNKEYED_MESSAGE) from exc.__cause__
-            return
         self._release(self._unmap(conn, key), close)
 
     def _release(self, conn: Any, close: Any) -> None:
