@@ -1,8 +1,10 @@
-# Sourced by the other scripts: make .venv and install the project into it.
-# Safe to run again: it re-installs only when pyproject.toml changed.
+# Sourced by the other scripts: make .venv and install the project into it,
+# with the extras named in EXTRAS (default: dev). Safe to run again: it
+# installs only when pyproject.toml or the extras asked for changed.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON=${PYTHON:-python3}
+EXTRAS=${EXTRAS:-dev}
 if [ ! -x .venv/bin/python ]; then
     if ! "$PYTHON" -m venv .venv 2>/dev/null; then
         rm -rf .venv
@@ -13,11 +15,13 @@ if [ ! -x .venv/bin/python ]; then
         "$PYTHON" -m venv .venv
     fi
 fi
-stamp=".venv/.installed-$(cat pyproject.toml | sha1sum | cut -c1-12)"
+hash=$(sha1sum < pyproject.toml | cut -c1-12)
+stamp=".venv/.installed-$hash-${EXTRAS//,/-}"
 if [ ! -f "$stamp" ]; then
-    echo "installing pgreservoir and its test tools into .venv ..." >&2
+    echo "installing pgreservoir[$EXTRAS] into .venv ..." >&2
     .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-    .venv/bin/python -m pip install -q -e '.[dev]'
-    rm -f .venv/.installed-*
+    .venv/bin/python -m pip install -q -e ".[$EXTRAS]"
+    # Stamps of an older pyproject.toml are stale; other extras' stay valid.
+    find .venv -maxdepth 1 -name '.installed-*' ! -name ".installed-$hash-*" -delete
     touch "$stamp"
 fi

@@ -27,4 +27,6 @@ def scalar(conn: Any, query: str, params: Any = None) -> Any:
     """Run ``query`` and return the first column of its first row."""
     with conn.cursor() as cur:
         cur.execute(query, params)
-        return cur.fetchone()[0]
+        row = cur.fetchone()
+        assert row is not None, f"no row from {query!r}"
+        return row[0]

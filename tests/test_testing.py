@@ -10,28 +10,18 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import psycopg2
 import pytest
 
 import pgreservoir.testing as pgtesting
 from pgreservoir.testing import PostgresServer, embedded_bindir, find_bindir, start_server
+from support import wait_until
 
 # The postgres_server / postgres_dsn fixtures come from the plugin, which
 # tests/conftest.py registers when the entry point has not.
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 30.0) -> bool:
-    """Poll ``predicate`` until it is true or ``timeout`` seconds have passed."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def process_alive(pid: int) -> bool:
@@ -312,7 +302,7 @@ def test_cleanup_removes_everything_and_is_idempotent() -> None:
     server.cleanup()
     assert not os.path.exists(basedir)
     assert not server.running
-    assert wait_until(lambda: not process_alive(pid))
+    wait_until(lambda: not process_alive(pid), f"process {pid} to exit", 30)
     assert watchdog.poll() is not None  # the watchdog went away with the server
     server.cleanup()
     server.cleanup()
@@ -369,8 +359,8 @@ def test_watchdog_cleans_up_after_sigkill() -> None:
         if child.poll() is None:
             child.kill()
             child.wait()
-    assert wait_until(lambda: not process_alive(info["pid"]), 30), "postmaster survived"
-    assert wait_until(lambda: not os.path.exists(info["basedir"]), 30), "directory survived"
+    wait_until(lambda: not process_alive(info["pid"]), "the postmaster to exit", 30)
+    wait_until(lambda: not os.path.exists(info["basedir"]), "its directory to be removed", 30)
 
 
 def test_pytest_fixtures(postgres_server: PostgresServer, postgres_dsn: str) -> None:

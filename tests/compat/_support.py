@@ -1,29 +1,16 @@
-"""Small helpers of the conformance suite (deadlines instead of sleeps)."""
+"""Small helpers of the conformance suite (deadlines instead of sleeps).
+
+The general ones (waiting on a condition, one-value queries) live in
+tests/support.py and are re-exported here for the compat modules.
+"""
 
 from __future__ import annotations
 
-import time
-from typing import Any, Callable
+from typing import Any
 
-DEADLINE = 15.0
+from support import DEADLINE, scalar, wait_until
 
-
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = DEADLINE) -> None:
-    """Poll ``predicate`` until true; fail with ``what`` after ``timeout`` seconds."""
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.002)
-
-
-def scalar(conn: Any, query: str, params: Any = None) -> Any:
-    """The first column of the first row of ``query``."""
-    with conn.cursor() as cur:
-        cur.execute(query, params)
-        row = cur.fetchone()
-        assert row is not None
-        return row[0]
+__all__ = ["DEADLINE", "in_use", "kill_backend", "open_count", "scalar", "wait_until"]
 
 
 def in_use(pool: Any) -> int:
