@@ -326,6 +326,24 @@ def test_returned_in_transaction_or_error_is_rolled_back(
         assert scalar(conn, "SELECT 1") == 1
 
 
+def test_statement_timeout_cancels_a_query_and_keeps_the_connection(
+    make_pool: Callable[..., ConnectionPool],
+) -> None:
+    # What the README recommends for bounding queries: the server cancels,
+    # the connection is rolled back on return and served again, not replaced.
+    pool = make_pool(min_size=1, max_size=1, options="-c statement_timeout=200ms")
+    conn = pool.getconn()
+    pid = backend_pid(conn)
+    with pytest.raises(psycopg2.errors.QueryCanceled), conn.cursor() as cur:
+        cur.execute("SELECT pg_sleep(30)")
+    pool.putconn(conn)  # in error: rolled back and kept
+    with pool.connection() as conn:
+        assert backend_pid(conn) == pid
+        assert scalar(conn, "SHOW statement_timeout") == "200ms"
+    stats = pool.stats()
+    assert (stats["connections_opened"], stats["connections_closed"]) == (1, 0)
+
+
 def test_explicit_begin_in_autocommit_is_rolled_back(
     make_pool: Callable[..., ConnectionPool],
 ) -> None:
