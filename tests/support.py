@@ -30,3 +30,14 @@ def scalar(conn: Any, query: str, params: Any = None) -> Any:
         row = cur.fetchone()
         assert row is not None, f"no row from {query!r}"
         return row[0]
+
+
+def select_one(dsn: str, **connect_kwargs: Any) -> int:
+    """Open a fresh connection to ``dsn``, run ``SELECT 1`` and close it."""
+    import psycopg2
+
+    conn = psycopg2.connect(dsn, **connect_kwargs)
+    try:
+        return int(scalar(conn, "SELECT 1"))
+    finally:
+        conn.close()

@@ -11,13 +11,14 @@ import socket
 import socketserver
 import threading
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Callable, Iterator, List
 
 import psycopg2
 import psycopg2.extensions
 import pytest
 
 from pgreservoir.testing import PostgresServer, TcpProxy
+from support import select_one
 
 DEADLINE = 15.0  # generous bound for anything that must happen
 QUIET = 0.3  # how long we listen to check that nothing arrives
@@ -331,21 +332,6 @@ def test_bad_mode_changes_are_refused(make_proxy: Callable[..., TcpProxy], echo_
 # ---------------------------------------------------------------------------
 # With PostgreSQL
 # ---------------------------------------------------------------------------
-
-
-def select_one(dsn: str, connect_timeout: Optional[int] = None) -> int:
-    kwargs: Dict[str, Any] = {}
-    if connect_timeout is not None:
-        kwargs["connect_timeout"] = connect_timeout
-    conn = psycopg2.connect(dsn, **kwargs)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT 1")
-            row = cur.fetchone()
-            assert row is not None
-            return int(row[0])
-    finally:
-        conn.close()
 
 
 def test_postgres_through_the_proxy(

@@ -11,14 +11,14 @@ import sys
 import tempfile
 import textwrap
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import psycopg2
 import pytest
 
 import pgreservoir.testing as pgtesting
 from pgreservoir.testing import PostgresServer, embedded_bindir, find_bindir, start_server
-from support import wait_until
+from support import select_one, wait_until
 
 # The postgres_server / postgres_dsn fixtures come from the plugin, which
 # tests/conftest.py registers when the entry point has not.
@@ -39,18 +39,6 @@ def process_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def select_one(dsn: str, **kwargs: Any) -> int:
-    conn = psycopg2.connect(dsn, **kwargs)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT 1")
-            row = cur.fetchone()
-            assert row is not None
-            return int(row[0])
-    finally:
-        conn.close()
 
 
 @pytest.fixture(scope="module")

@@ -50,17 +50,16 @@ def dbname(postgres_dsn: str) -> str:
     return str(psycopg2.extensions.parse_dsn(postgres_dsn)["dbname"])
 
 
-@pytest.fixture
-def make_pool(impl: Impl, postgres_dsn: str) -> Iterator[Callable[..., Any]]:
-    """``make_pool(minconn, maxconn, cls="ThreadedConnectionPool", **kwargs)`` on the
-    test's database; every pool still open is closed after the test."""
+def _pool_maker(module: Any, dsn: str) -> Iterator[Callable[..., Any]]:
+    """Yield ``make(minconn, maxconn, *args, cls=..., **kwargs)`` building pools of
+    ``module`` on ``dsn``; close every pool still open afterwards."""
     pools: List[Any] = []
 
     def make(minconn: Any, maxconn: Any, *args: Any, cls: str = "ThreadedConnectionPool",
              **kwargs: Any) -> Any:
         if not args and "dsn" not in kwargs:
-            args = (postgres_dsn,)
-        pool = getattr(impl.module, cls)(minconn, maxconn, *args, **kwargs)
+            args = (dsn,)
+        pool = getattr(module, cls)(minconn, maxconn, *args, **kwargs)
         pools.append(pool)
         return pool
 
@@ -68,25 +67,19 @@ def make_pool(impl: Impl, postgres_dsn: str) -> Iterator[Callable[..., Any]]:
     for pool in pools:
         if not pool.closed:
             pool.closeall()
+
+
+@pytest.fixture
+def make_pool(impl: Impl, postgres_dsn: str) -> Iterator[Callable[..., Any]]:
+    """``make_pool(minconn, maxconn, cls="ThreadedConnectionPool", **kwargs)`` on the
+    test's database; every pool still open is closed after the test."""
+    yield from _pool_maker(impl.module, postgres_dsn)
 
 
 @pytest.fixture
 def make_ours(postgres_dsn: str) -> Iterator[Callable[..., Any]]:
     """Like ``make_pool`` but always pgreservoir.pool (for features psycopg2 lacks)."""
-    pools: List[Any] = []
-
-    def make(minconn: Any, maxconn: Any, *args: Any, cls: str = "ThreadedConnectionPool",
-             **kwargs: Any) -> Any:
-        if not args and "dsn" not in kwargs:
-            args = (postgres_dsn,)
-        pool = getattr(pgreservoir.pool, cls)(minconn, maxconn, *args, **kwargs)
-        pools.append(pool)
-        return pool
-
-    yield make
-    for pool in pools:
-        if not pool.closed:
-            pool.closeall()
+    yield from _pool_maker(pgreservoir.pool, postgres_dsn)
 
 
 @pytest.fixture
