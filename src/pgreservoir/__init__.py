@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from .connection_pool import ConnectionPool
 from .errors import PoolClosed, PoolError, PoolTimeout, TooManyRequests
+from .options import PoolOptions
 
 __all__ = [
     "ConnectionPool",
     "PoolClosed",
     "PoolError",
+    "PoolOptions",
     "PoolTimeout",
     "TooManyRequests",
     "__version__",

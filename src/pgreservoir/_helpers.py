@@ -16,44 +16,16 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
-from ._config import check_seconds
-from ._core import Engine
+from ._sync.shell import SyncPool
+from .drivers import ROW_TYPES
+from .options import check_seconds
 
 __all__ = ["ROW_TYPES", "PoolHelpers"]
-
-#: Accepted values of the ``rows`` argument of :meth:`PoolHelpers.cursor` and
-#: :meth:`PoolHelpers.execute`: ``"tuple"`` (psycopg2's plain cursor),
-#: ``"dict"`` (``RealDictCursor``: each row a dict keyed by column name) and
-#: ``"namedtuple"`` (``NamedTupleCursor``). ``None`` keeps the connection's
-#: default (the ``cursor_factory`` the pool was created with, if any).
-ROW_TYPES = ("tuple", "dict", "namedtuple")
-
-
-def _cursor_kwargs(rows: Optional[str], cursor_factory: Any) -> Dict[str, Any]:
-    """The keyword arguments for ``conn.cursor()`` selecting the row type."""
-    if rows is None:
-        return {} if cursor_factory is None else {"cursor_factory": cursor_factory}
-    if cursor_factory is not None:
-        raise TypeError("pass either rows= or cursor_factory=, not both")
-    if rows == "tuple":
-        import psycopg2.extensions
-
-        return {"cursor_factory": psycopg2.extensions.cursor}
-    if rows == "dict":
-        import psycopg2.extras
-
-        return {"cursor_factory": psycopg2.extras.RealDictCursor}
-    if rows == "namedtuple":
-        import psycopg2.extras
-
-        return {"cursor_factory": psycopg2.extras.NamedTupleCursor}
-    raise ValueError(f"rows must be one of {ROW_TYPES} or None, got {rows!r}")
-
 
 class PoolHelpers:
     """Context managers and one-call helpers on top of a pool's checkout/check-in."""
 
-    _engine: Engine
+    _shell: SyncPool
 
     # -- primitives (facades override these to translate errors) -----------
 
@@ -61,11 +33,11 @@ class PoolHelpers:
         """Take a connection for a helper (``timeout`` None: the pool's default)."""
         if timeout is not None:
             timeout = check_seconds("timeout", timeout)
-        return self._engine.acquire(timeout)
+        return self._shell.acquire(timeout)
 
-    def _helper_release(self, conn: Any) -> None:
+    def _helper_release(self, conn: Any, close: bool = False) -> None:
         """Give back a connection taken by :meth:`_helper_acquire`."""
-        self._engine.release(conn)
+        self._shell.release(conn, close)
 
     # -- context managers ---------------------------------------------------
 
@@ -75,13 +47,19 @@ class PoolHelpers:
 
         The connection always goes back to the pool, even if the commit fails;
         an open transaction left by an exception is rolled back by the pool
-        when it takes the connection back. ``timeout`` as for ``getconn``.
+        when it takes the connection back. If the exception says the server
+        connection is gone, the connection is closed instead, and the pool's
+        idle connections get a round trip before their next use (they
+        probably went with it). ``timeout`` as for ``getconn``.
         """
         conn = self._helper_acquire(timeout)
         try:
             yield conn
-        except BaseException:
-            self._helper_release(conn)
+        except BaseException as exc:
+            lost = self._shell.driver.is_disconnect(exc, conn)
+            if lost:
+                self._shell.mark_suspect()
+            self._helper_release(conn, lost)
             raise
         try:
             if not conn.closed:
@@ -108,7 +86,7 @@ class PoolHelpers:
         ``autocommit`` (and other session characteristics) restored by the
         pool. The connection is ``cur.connection``.
         """
-        kwargs = _cursor_kwargs(rows, cursor_factory)
+        kwargs = self._shell.driver.cursor_kwargs(rows, cursor_factory)
         if not isinstance(autocommit, bool):
             raise TypeError(f"autocommit must be a bool, got {autocommit!r}")
         conn = self._helper_acquire(timeout)
@@ -145,7 +123,7 @@ class PoolHelpers:
         the server does not say). On an error the transaction is rolled back
         and the error propagates. ``rows`` as for :meth:`cursor`.
         """
-        kwargs = _cursor_kwargs(rows, None)
+        kwargs = self._shell.driver.cursor_kwargs(rows, None)
         conn = self._helper_acquire(timeout)
         try:
             with conn.cursor(**kwargs) as cur:
@@ -170,7 +148,6 @@ class PoolHelpers:
         check is made once more on another connection: one stale connection
         says nothing about whether the pool can serve.
         """
-        engine = self._engine
         for attempt in (1, 2):
             try:
                 conn = self._helper_acquire(timeout)
@@ -184,7 +161,8 @@ class PoolHelpers:
                 return False, self._unhealthy(exc)
             finally:
                 self._helper_release(conn)
-            return True, f"healthy: {version} (pool {engine.name!r}: {engine.describe()})"
+            shell = self._shell
+            return True, f"healthy: {version} (pool {shell.name!r}: {shell.describe()})"
         raise AssertionError("unreachable")  # pragma: no cover
 
     @staticmethod
@@ -202,9 +180,9 @@ class PoolHelpers:
         return str(row[0]) if row else "unknown server version"
 
     def _unhealthy(self, exc: BaseException) -> str:
-        engine = self._engine
-        text = " ".join(str(exc).split()) or "(no message)"
-        where = f"pool {engine.name!r}: {engine.describe()}"
+        shell = self._shell
+        text = shell.driver.redact(" ".join(str(exc).split()) or "(no message)")
+        where = f"pool {shell.name!r}: {shell.describe()}"
         return f"unhealthy: {type(exc).__name__}: {text} ({where})"
 
     def stats(self) -> Dict[str, Any]:
@@ -212,4 +190,4 @@ class PoolHelpers:
 
         The keys are listed in :mod:`pgreservoir.stats`.
         """
-        return self._engine.stats()
+        return self._shell.stats()  # type: ignore[no-any-return]

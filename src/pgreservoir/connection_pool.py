@@ -1,32 +1,30 @@
-"""``ConnectionPool``: the modern pool facade over the engine."""
+"""``ConnectionPool``: the modern pool facade, for psycopg2 or psycopg 3 connections."""
 
 from __future__ import annotations
 
-import contextlib
+import inspect
+import sys
 import weakref
-from typing import Any, Callable, Dict, Iterator, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from ._config import PoolConfig, check_seconds
-from ._core import Engine
+from ._core import Core
 from ._helpers import PoolHelpers
 from ._logging import event_logger
 from ._logging import logger as _logger
-from .driver import DEFAULT_CONNECT_OPTIONS, Psycopg2Driver
+from ._sync.shell import SyncPool, held_lock
+from .drivers import make_driver
+from .options import PoolOptions, check_seconds, check_sizes, keyword_parameters, next_pool_name
 
 __all__ = ["ConnectionPool"]
 
 
-def _bind_pool(
-    pool: ConnectionPool, callback: Optional[Callable[[ConnectionPool], None]]
+def bind_pool(
+    pool: Any, callback: Optional[Callable[[Any], None]]
 ) -> Optional[Callable[[], None]]:
-    """Give the engine a no-argument callback that calls ``callback(pool)``.
-
-    Holds the pool weakly, so the engine does not keep the pool alive.
-    """
+    """A no-argument callable that calls ``callback(pool)``, holding the pool weakly
+    (so the shell does not keep its facade alive)."""
     if callback is None:
         return None
-    if not callable(callback):
-        raise TypeError(f"reconnect_failed must be a callable taking the pool, got {callback!r}")
     ref = weakref.ref(pool)
 
     def call() -> None:
@@ -37,41 +35,38 @@ def _bind_pool(
     return call
 
 
-class ConnectionPool(PoolHelpers):
-    """A fair, self-healing pool of psycopg2 connections.
+def capture_stack(skip: int) -> List[Tuple[str, int, str]]:
+    """Where the caller is: (file, line, function) of up to 16 frames (~2 us)."""
+    frame: Any = sys._getframe(skip)
+    stack: List[Tuple[str, int, str]] = []
+    while frame is not None and len(stack) < 16:
+        code = frame.f_code
+        stack.append((code.co_filename, frame.f_lineno, code.co_name))
+        frame = frame.f_back
+    return stack
 
-    ``dsn`` and ``**connect_kwargs`` are passed to ``psycopg2.connect()`` (and
-    validated now: an unknown option raises ``ValueError``). Unless you set
-    them, ``connect_timeout=10`` and TCP keepalives (idle 30 s, interval 10 s,
-    count 5) are added; see :data:`pgreservoir.driver.DEFAULT_CONNECT_OPTIONS`.
+
+class ConnectionPool(PoolHelpers):
+    """A fair, self-healing pool of psycopg2 or psycopg 3 connections.
+
+    ``dsn`` and the keyword arguments that are not pool options go to
+    ``psycopg2.connect()``, or with ``connection_class=`` (psycopg_pool's
+    spelling, e.g. ``psycopg.Connection``) to ``connection_class.connect()``.
+    They are validated now: an unknown option raises ``ValueError``. Unless
+    you set them, ``connect_timeout=10`` and TCP keepalives are added (the
+    ``connect_defaults`` option; see :data:`pgreservoir.options.DEFAULT_CONNECT_OPTIONS`).
 
     Sizes: ``min_size`` connections are opened in the background at once and
     kept open; the pool grows towards ``max_size`` only while callers wait,
     and closes surplus connections idle for ``max_idle`` seconds.
 
-    Waiting: when every connection is in use, :meth:`getconn` waits in a FIFO
-    line up to ``timeout`` seconds, then raises :class:`~pgreservoir.PoolTimeout`.
-    ``max_waiting > 0`` caps the line (:class:`~pgreservoir.TooManyRequests`).
-
-    Health: connections older than ``max_lifetime`` (minus up to 5% jitter)
-    are replaced; an idle connection whose server side has gone is detected
-    without a round trip and replaced; one idle longer than
-    ``check_idle_after`` seconds also gets a ``SELECT 1`` before hand-out
-    (``None`` disables that round trip).
-
-    Hooks: ``configure(conn)`` runs once on each new connection, ``reset(conn)``
-    on each return; if either raises or leaves a transaction open the
-    connection is discarded.
-
-    Resilience: when connecting fails the pool retries in the background with
-    exponential backoff (one attempt at a time); waiting callers get a
-    PoolTimeout carrying the last connection error, or, with
-    ``fail_fast=True``, get it at once while the server is unreachable.
-    ``reconnect_failed(pool)`` is called once after ``reconnect_timeout``
-    seconds of failures (the pool keeps retrying). ``leak_threshold``
-    reports connections held longer than that, with where they were taken.
-    ``check_idle_interval`` pings idle connections in the background so that
-    ones killed by a firewall or ``idle_session_timeout`` are replaced early.
+    Every other keyword is a pool option (:class:`~pgreservoir.PoolOptions`
+    declares them all, with their defaults and meaning): ``timeout``,
+    ``max_waiting``, ``max_lifetime``, ``max_idle``, ``check_idle_after``,
+    ``check_timeout``, ``configure``, ``reset``, ``name``, ``fail_fast``,
+    ``reconnect_timeout``, ``reconnect_failed`` (called with the pool),
+    ``leak_threshold``, ``check_idle_interval``, ``num_workers``,
+    ``connect_defaults``.
     """
 
     def __init__(
@@ -80,80 +75,77 @@ class ConnectionPool(PoolHelpers):
         *,
         min_size: int = 1,
         max_size: int = 10,
-        timeout: float = 30.0,
-        max_waiting: int = 0,
-        max_lifetime: float = 3600.0,
-        max_idle: float = 600.0,
-        check_idle_after: Optional[float] = 60.0,
-        configure: Optional[Callable[[Any], None]] = None,
-        reset: Optional[Callable[[Any], None]] = None,
-        name: Optional[str] = None,
-        fail_fast: bool = False,
-        reconnect_timeout: float = 300.0,
-        reconnect_failed: Optional[Callable[[ConnectionPool], None]] = None,
-        leak_threshold: Optional[float] = None,
-        check_idle_interval: Optional[float] = None,
-        **connect_kwargs: Any,
+        connection_class: Any = None,
+        **kwargs: Any,
     ) -> None:
-        config = PoolConfig.build(
-            name=name,
-            min_size=min_size,
-            max_size=max_size,
-            timeout=timeout,
-            max_waiting=max_waiting,
-            max_lifetime=max_lifetime,
-            max_idle=max_idle,
-            check_idle_after=check_idle_after,
-            configure=configure,
-            reset=reset,
-            fail_fast=fail_fast,
-            reconnect_timeout=reconnect_timeout,
-            reconnect_failed=_bind_pool(self, reconnect_failed),
-            leak_threshold=leak_threshold,
-            check_idle_interval=check_idle_interval,
+        options, connect_kwargs = PoolOptions.split(kwargs)
+        lo, hi = check_sizes(min_size, max_size)
+        name = options.name or next_pool_name()
+        driver = make_driver(
+            dsn,
+            connect_kwargs,
+            connection_class=connection_class,
+            defaults=options.connect_defaults,
         )
-        driver = Psycopg2Driver(dsn, connect_kwargs, defaults=DEFAULT_CONNECT_OPTIONS)
-        self._driver = driver
-        self._engine = engine = Engine(driver, config, on_event=event_logger(config.name))
+        core = Core(options, name=name, min_size=lo, max_size=hi, new_handle=held_lock)
+        self._options = options
+        self._shell = shell = SyncPool(
+            core,
+            driver,
+            options,
+            on_event=event_logger(name),
+            reconnect_failed=bind_pool(self, options.reconnect_failed),
+        )
         self._conninfo = driver.describe()
-        # Leak tracing costs a stack walk per checkout: only pay it when asked.
-        self._acquire = engine.acquire if leak_threshold is None else self._acquire_traced
-        self._release = engine.release if leak_threshold is None else self._release_traced
-        # putconn() is exactly the engine's release (same arguments and errors):
-        # bind it per instance and save a Python frame on every check-in.
-        self.putconn = self._release  # type: ignore[method-assign]
-        engine.start()
+        if options.leak_threshold is not None:
+            # Leak tracing walks the stack per checkout: only when asked for.
+            self._acquire = self._acquire_traced
+            self._release = self._release_traced
+        else:
+            self._acquire = shell.acquire
+            self._release = shell.release
+            if type(self).putconn is ConnectionPool.putconn:
+                # putconn() is exactly the shell's release (same arguments and
+                # errors): bound per instance it saves a Python frame per
+                # check-in. Not when a subclass overrides putconn().
+                self.putconn = shell.release  # type: ignore[method-assign]
+        shell.start()
         # Close the pool (and stop its thread) when it is garbage-collected or,
-        # if still open, at interpreter exit. The callback holds the engine, not
+        # if still open, at interpreter exit. The callback holds the shell, not
         # the pool, so it does not keep the pool alive.
-        self._finalizer = weakref.finalize(self, engine.close, 0.0)
+        self._finalizer = weakref.finalize(self, shell.close, 0.0)
 
     # -- attributes ------------------------------------------------------
 
     @property
     def name(self) -> str:
         """The pool's name, used in errors, logs and stats."""
-        return self._engine.name
+        return self._shell.name
 
     @property
     def min_size(self) -> int:
         """Connections kept open."""
-        return self._engine.min_size
+        return self._shell.core.min_size
 
     @property
     def max_size(self) -> int:
         """Most connections open at once."""
-        return self._engine.max_size
+        return self._shell.core.max_size
 
     @property
     def timeout(self) -> float:
         """Default getconn() wait, in seconds."""
-        return self._engine.timeout
+        return self._shell.core.timeout
 
     @property
     def closed(self) -> bool:
         """Whether close() was called."""
-        return self._engine.closed
+        return self._shell.core.closed
+
+    @property
+    def options(self) -> PoolOptions:
+        """The pool's options (sizes aside)."""
+        return self._options
 
     # -- checkout / check-in --------------------------------------------
 
@@ -176,66 +168,57 @@ class ConnectionPool(PoolHelpers):
         """
         self._release(conn, close)
 
+    def _helper_acquire(self, timeout: Optional[float]) -> Any:
+        return self.getconn(timeout)
+
+    def _helper_release(self, conn: Any, close: bool = False) -> None:
+        self.putconn(conn, close)
+
     def _acquire_traced(self, timeout: Optional[float]) -> Any:
-        conn = self._engine.acquire(timeout)
-        self._engine.trace_checkout(conn)
+        conn = self._shell.acquire(timeout)
+        entry = self._shell.entry_of(conn)
+        if entry is not None:
+            entry.trace = capture_stack(3)
+            entry.leak_reported = False
         return conn
 
     def _release_traced(self, conn: Any, close: bool = False) -> None:
-        held = self._engine.was_reported_leak(conn)
-        self._engine.release(conn, close)
+        entry = self._shell.entry_of(conn)
+        held = None
+        if entry is not None and entry.leak_reported:
+            held = self._shell.clock() - entry.taken_at
+        self._shell.release(conn, close)
         if held is not None:
             _logger.warning(
                 "pool %r: a connection reported as leaked came back after %.1f s", self.name, held
             )
 
-    @contextlib.contextmanager
-    def connection(self, timeout: Optional[float] = None) -> Iterator[Any]:
-        """``with pool.connection() as conn:`` — commit on success, roll back on error.
-
-        The connection always goes back to the pool, even if commit fails.
-        """
-        conn = self.getconn(timeout)
-        try:
-            yield conn
-        except BaseException as exc:
-            # The engine rolls back whatever is left open when it takes it back.
-            lost = self._driver.is_disconnect(exc, conn)
-            if lost:
-                self._engine.mark_suspect()
-            self._release(conn, lost)
-            raise
-        try:
-            if not conn.closed:
-                conn.commit()
-        finally:
-            self._release(conn)
-
     # -- management ------------------------------------------------------
 
     def stats(self) -> Dict[str, Any]:
         """Gauges (size, idle, in_use, waiting...) and counters since the pool opened."""
-        return self._engine.stats()
+        return self._shell.stats()  # type: ignore[no-any-return]
 
     def wait(self, timeout: float = 30.0) -> None:
         """Block until ``min_size`` connections are open; PoolTimeout otherwise.
 
         Call it at start-up to fail fast when the database is unreachable.
         """
-        self._engine.wait(check_seconds("timeout", timeout))
+        self._shell.wait(check_seconds("timeout", timeout))
 
     def resize(self, min_size: int, max_size: int) -> None:
         """Change ``min_size`` and ``max_size`` while the pool runs."""
-        self._engine.resize(min_size, max_size)
+        lo, hi = check_sizes(min_size, max_size)
+        self._shell.resize(lo, hi)
 
     def close(self, timeout: float = 5.0) -> None:
         """Close the pool: no new checkouts; in-use connections get ``timeout`` s to return.
 
         Waiters get PoolClosed at once; idle connections close at once;
         connections still in use after ``timeout`` are closed by force.
-        Idempotent.
+        Connects in progress are not waited for. Idempotent.
         """
-        self._engine.close(check_seconds("timeout", timeout))
+        self._shell.close(check_seconds("timeout", timeout))
         self._finalizer.detach()
 
     def __enter__(self) -> ConnectionPool:
@@ -245,7 +228,18 @@ class ConnectionPool(PoolHelpers):
         self.close()
 
     def __repr__(self) -> str:
-        return (
-            f"<{type(self).__name__} {self.name!r} {self._engine.describe()} "
-            f"({self._conninfo})>"
-        )
+        return f"<{type(self).__name__} {self.name!r} {self._shell.describe()} ({self._conninfo})>"
+
+
+# help(ConnectionPool) and IDEs that read signatures see every option.
+ConnectionPool.__init__.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+    [
+        inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        inspect.Parameter("dsn", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None),
+        inspect.Parameter("min_size", inspect.Parameter.KEYWORD_ONLY, default=1),
+        inspect.Parameter("max_size", inspect.Parameter.KEYWORD_ONLY, default=10),
+        inspect.Parameter("connection_class", inspect.Parameter.KEYWORD_ONLY, default=None),
+        *keyword_parameters(),
+        inspect.Parameter("connect_kwargs", inspect.Parameter.VAR_KEYWORD),
+    ]
+)

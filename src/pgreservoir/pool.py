@@ -4,7 +4,7 @@ Change ``from psycopg2 import pool`` to ``from pgreservoir import pool`` (or
 ``from psycopg2.pool import X`` to ``from pgreservoir.pool import X``) and
 nothing else: the classes take the same arguments, return the same
 connections, raise the same errors with the same messages. Underneath they
-are thin facades over pgreservoir's engine, so they also fix psycopg2.pool's
+are thin facades over pgreservoir's core, so they also fix psycopg2.pool's
 bugs (see ``docs/psycopg2-compat.md``, "Differences from psycopg2.pool"):
 
 * a failed rollback in ``putconn()`` no longer leaks the slot;
@@ -40,13 +40,16 @@ from typing import Any, Callable, Dict, Mapping, NoReturn, Optional, Union
 
 from psycopg2.pool import PoolError
 
-from ._config import PoolConfig, check_callback, check_flag, check_seconds, check_size
-from ._core import Engine
+from . import options as _options
+from ._core import Core
 from ._helpers import PoolHelpers
 from ._logging import event_logger
-from .driver import DEFAULT_CONNECT_OPTIONS, Psycopg2Driver
+from ._sync.shell import SyncPool, held_lock
+from .connection_pool import bind_pool, capture_stack
+from .drivers import make_driver
 from .errors import PoolClosed, PoolTimeout, TooManyRequests
-from .errors import PoolError as _EngineError
+from .errors import PoolError as _PoolError
+from .options import check_seconds, next_pool_name
 
 __all__ = [
     "CLOSED_MESSAGE",
@@ -89,102 +92,40 @@ _NOTE_WAIT = (
 
 
 @dataclasses.dataclass(frozen=True)
-class PoolOptions:
-    """pgreservoir features for the psycopg2-compatible pools.
+class PoolOptions(_options.PoolOptions):
+    """pgreservoir's options for the psycopg2-compatible pools: the same as
+    :class:`pgreservoir.PoolOptions` (declared there, with their meaning),
+    except that ``timeout`` defaults to ``0``: "connection pool exhausted" at
+    once, as psycopg2 does. Pass it as ``pool_options=`` (or a dict with the
+    same keys). The sizes are ``minconn`` and ``maxconn``.
 
-    Pass it as ``pool_options=`` (or a dict with the same keys). The defaults
-    keep psycopg2's behaviour where it is observable and add the health
-    features that cost nothing when things are fine.
-
-    ``timeout``
-        Seconds ``getconn()`` waits in a fair (FIFO) line when all ``maxconn``
-        connections are in use. ``0`` (default): raise "connection pool
-        exhausted" at once, as psycopg2 does. On expiry: :class:`PoolTimeout`,
-        still with the message "connection pool exhausted".
-    ``max_waiting``
-        Most callers waiting at once (``0``: no limit); beyond it
-        :class:`TooManyRequests` (message "connection pool exhausted").
-    ``max_lifetime``
-        Seconds after which a connection is replaced (minus up to 5% jitter),
-        when it is next idle or returned.
-    ``max_idle``
-        Seconds an idle connection above ``minconn`` is kept before it is
-        closed (psycopg2 closes it the moment it is returned: use ``0`` to
-        come close to that).
-    ``check_idle_after``
-        A connection idle longer than this gets a ``SELECT 1`` before it is
-        handed out (``None``: never). Connections whose server went away are
-        detected without a round trip whatever this is.
-    ``configure`` / ``reset``
-        ``configure(conn)`` runs once on every new connection, ``reset(conn)``
-        on every returned one; a connection for which either raises (or leaves
-        a transaction open) is discarded.
-    ``name``
-        The pool's name in errors, logs and stats (default ``pool-N``).
-    ``connect_defaults``
-        libpq options added to every connect unless you set them yourself (as
-        a keyword or in the DSN). Default: ``connect_timeout=10`` and TCP
-        keepalives (``keepalives=1, keepalives_idle=30,
-        keepalives_interval=10, keepalives_count=5``); ``{}`` adds nothing.
-    ``fail_fast``, ``reconnect_timeout``, ``leak_threshold``, ``check_idle_interval``
-        As for :class:`pgreservoir.ConnectionPool`: fail waiting callers at
-        once while connecting fails; log an error after that many seconds of
-        failed reconnects; report connections held longer than that (with
-        where they were taken); ping idle connections in the background.
+    ``timeout > 0`` makes ``getconn()`` wait in a fair (FIFO) line instead;
+    on expiry it raises :class:`PoolTimeout`, still with the message
+    "connection pool exhausted". ``max_idle``: psycopg2 closes a connection
+    above ``minconn`` the moment it is returned; use ``0`` to come close to
+    that. ``reconnect_failed`` is called with the pool.
     """
 
-    timeout: float = 0.0
-    max_waiting: int = 0
-    max_lifetime: float = 3600.0
-    max_idle: float = 600.0
-    check_idle_after: Optional[float] = 60.0
-    configure: Optional[Callable[[Any], None]] = None
-    reset: Optional[Callable[[Any], None]] = None
-    name: Optional[str] = None
-    connect_defaults: Mapping[str, Any] = dataclasses.field(
-        default_factory=lambda: dict(DEFAULT_CONNECT_OPTIONS)
-    )
-    fail_fast: bool = False
-    reconnect_timeout: float = 300.0
-    leak_threshold: Optional[float] = None
-    check_idle_interval: Optional[float] = None
-
-    def __post_init__(self) -> None:
-        # Validate here, so a bad value fails where it is written.
-        check_seconds("timeout", self.timeout)
-        check_size("max_waiting", self.max_waiting, 0)
-        check_seconds("max_lifetime", self.max_lifetime, positive=True)
-        check_seconds("max_idle", self.max_idle)
-        check_seconds("check_idle_after", self.check_idle_after, allow_none=True)
-        check_callback("configure", self.configure)
-        check_callback("reset", self.reset)
-        check_flag("fail_fast", self.fail_fast)
-        check_seconds("reconnect_timeout", self.reconnect_timeout)
-        check_seconds("leak_threshold", self.leak_threshold, allow_none=True, positive=True)
-        check_seconds(
-            "check_idle_interval", self.check_idle_interval, allow_none=True, positive=True
-        )
-        if self.name is not None and not isinstance(self.name, str):
-            raise TypeError(f"name must be a str or None, got {self.name!r}")
-        if not isinstance(self.connect_defaults, Mapping):
-            raise TypeError(
-                f"connect_defaults must be a mapping of libpq options, "
-                f"got {self.connect_defaults!r}"
-            )
+    timeout: float = _options.with_default("timeout", 0.0)
 
     @classmethod
-    def coerce(cls, value: Union[PoolOptions, Mapping[str, Any], None]) -> PoolOptions:
+    def coerce(cls, value: Union[_options.PoolOptions, Mapping[str, Any], None]) -> PoolOptions:
         """``value`` as PoolOptions: None gives the defaults, a dict its keys."""
         if value is None:
             return cls()
         if isinstance(value, PoolOptions):
             return value
+        if isinstance(value, _options.PoolOptions):
+            # The generic class (timeout defaults to 30 s there): take it as given.
+            return cls(**{f.name: getattr(value, f.name) for f in dataclasses.fields(value)})
         if isinstance(value, Mapping):
-            unknown = sorted(set(value) - _OPTION_NAMES)
+            unknown = sorted(set(value) - _options.OPTION_NAMES)
             if unknown:
+                sizes = {"min_size", "max_size"} & set(unknown)
+                hint = " (the sizes are minconn and maxconn)" if sizes else ""
                 raise TypeError(
-                    f"unknown pool option(s) {', '.join(map(repr, unknown))}; "
-                    f"accepted: {', '.join(sorted(_OPTION_NAMES))}"
+                    f"unknown pool option(s) {', '.join(map(repr, unknown))}{hint}; "
+                    f"accepted: {', '.join(sorted(_options.OPTION_NAMES))}"
                 )
             return cls(**value)
         raise TypeError(
@@ -192,7 +133,6 @@ class PoolOptions:
         )
 
 
-_OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(PoolOptions))
 
 
 def _check_conn_sizes(minconn: Any, maxconn: Any) -> tuple[int, int]:
@@ -213,7 +153,7 @@ def _check_conn_sizes(minconn: Any, maxconn: Any) -> tuple[int, int]:
 
 
 def _compat_events(pool_name: str) -> Callable[[str, str], None]:
-    """The engine's log sink, except that closing connections in use is routine here.
+    """The shell's log sink, except that closing connections in use is routine here.
 
     closeall() closing connections still in use is what psycopg2.pool does and
     what its users expect; log it at DEBUG instead of WARNING.
@@ -257,7 +197,7 @@ class AbstractConnectionPool(PoolHelpers):
     ) -> None:
         options = PoolOptions.coerce(pool_options)
         lo, hi = _check_conn_sizes(minconn, maxconn)
-        mistaken = sorted(_OPTION_NAMES.intersection(kwargs))
+        mistaken = sorted(_options.OPTION_NAMES.intersection(kwargs))
         if mistaken:
             raise TypeError(
                 f"{type(self).__name__}() got {', '.join(map(repr, mistaken))} as keyword "
@@ -265,32 +205,26 @@ class AbstractConnectionPool(PoolHelpers):
                 f"pool_options=PoolOptions({mistaken[0]}=...)"
             )
         dsn = kwargs.pop("dsn", None)
-        config = PoolConfig.build(
-            name=options.name,
-            min_size=lo,
-            max_size=hi,
-            timeout=options.timeout,
-            max_waiting=options.max_waiting,
-            max_lifetime=options.max_lifetime,
-            max_idle=options.max_idle,
-            check_idle_after=options.check_idle_after,
-            configure=options.configure,
-            reset=options.reset,
-            fail_fast=options.fail_fast,
-            reconnect_timeout=options.reconnect_timeout,
-            leak_threshold=options.leak_threshold,
-            check_idle_interval=options.check_idle_interval,
+        name = options.name or next_pool_name()
+        driver = make_driver(dsn, kwargs, defaults=options.connect_defaults, args=args)
+        core = Core(options, name=name, min_size=lo, max_size=hi, inline=True,
+                    new_handle=held_lock)
+        shell = SyncPool(
+            core,
+            driver,
+            options,
+            on_event=_compat_events(name),
+            reconnect_failed=bind_pool(self, options.reconnect_failed),
         )
-        driver = Psycopg2Driver(dsn, kwargs, defaults=options.connect_defaults, args=args)
-        engine = Engine(driver, config, open_inline=True, on_event=_compat_events(config.name))
-        engine.fill_inline()  # psycopg2: minconn connections now; errors propagate
-        engine.start()  # then refill to minconn and retire old connections in the background
-        self._engine = engine
+        shell.fill()  # psycopg2: minconn connections now; errors propagate
+        shell.start()  # then refill to minconn and retire old connections in the background
+        self._shell = shell
+        self._options = options
         # Leak tracing walks the stack per checkout: only when asked for.
-        self._checkout = engine.acquire if options.leak_threshold is None else self._traced
-        self._timeout = config.timeout
+        self._checkout = shell.acquire if options.leak_threshold is None else self._traced
+        self._timeout = options.timeout
         self._conninfo = driver.describe()
-        # Keys are this facade's business: the engine tracks connections, not
+        # Keys are this facade's business: the core tracks connections, not
         # keys. Guarded by _keys_lock: key -> conn, id(conn) -> key, and
         # whether the caller closed the pool (closeall() twice must raise).
         # Connections taken without a key are not in these maps at all.
@@ -299,40 +233,45 @@ class AbstractConnectionPool(PoolHelpers):
         self._key_of: Dict[int, Any] = {}
         self._closed_by_caller = False
         # Close the pool when it is garbage-collected or, still open, at
-        # interpreter exit. The callback holds the engine, not the pool.
-        self._finalizer = weakref.finalize(self, engine.close, 0.0)
+        # interpreter exit. The callback holds the shell, not the pool.
+        self._finalizer = weakref.finalize(self, shell.close, 0.0)
 
     # -- psycopg2's attributes ---------------------------------------------
 
     @property
     def minconn(self) -> int:
         """Connections kept open (setting it resizes the pool)."""
-        return self._engine.min_size
+        return self._shell.core.min_size
 
     @minconn.setter
     def minconn(self, value: Any) -> None:
-        lo, hi = _check_conn_sizes(value, self._engine.max_size)
-        self._engine.resize(lo, hi)
+        lo, hi = _check_conn_sizes(value, self._shell.core.max_size)
+        self._shell.resize(lo, hi)
 
     @property
     def maxconn(self) -> int:
         """Most connections open at once (setting it resizes the pool)."""
-        return self._engine.max_size
+        return self._shell.core.max_size
 
     @maxconn.setter
     def maxconn(self, value: Any) -> None:
-        lo, hi = _check_conn_sizes(self._engine.min_size, value)
-        self._engine.resize(lo, hi)
+        lo, hi = _check_conn_sizes(self._shell.core.min_size, value)
+        self._shell.resize(lo, hi)
 
     @property
     def closed(self) -> bool:
         """Whether the pool is closed (by :meth:`closeall`, or at interpreter exit)."""
-        return self._engine.closed
+        return self._shell.core.closed
 
     @property
     def name(self) -> str:
         """The pool's name, used in errors, logs and stats."""
-        return self._engine.name
+        return self._shell.name
+
+    @property
+    def options(self) -> PoolOptions:
+        """The pool's options (:class:`PoolOptions`)."""
+        return self._options
 
     # -- checkout ----------------------------------------------------------
 
@@ -347,29 +286,32 @@ class AbstractConnectionPool(PoolHelpers):
         propagates as psycopg2's own error.
         """
         if key is None:
-            # The fast path, inlined: one call into the engine.
+            # The fast path, inlined: one call into the shell.
             try:
                 return self._checkout(self._timeout)
-            except _EngineError as exc:
+            except _PoolError as exc:
                 return self._acquire_failed(exc, self._timeout)
         return self._getconn_keyed(key)
 
     def _traced(self, timeout: Optional[float]) -> Any:
-        conn = self._engine.acquire(timeout)
-        self._engine.trace_checkout(conn)
+        conn = self._shell.acquire(timeout)
+        entry = self._shell.entry_of(conn)
+        if entry is not None:
+            entry.trace = capture_stack(3)
+            entry.leak_reported = False
         return conn
 
     def _acquire(self, timeout: float) -> Any:
         try:
             return self._checkout(timeout)
-        except _EngineError as exc:
+        except _PoolError as exc:
             return self._acquire_failed(exc, timeout)
 
-    def _acquire_failed(self, exc: _EngineError, timeout: float) -> Any:
+    def _acquire_failed(self, exc: _PoolError, timeout: float) -> Any:
         """Translate a checkout error, or wait for a slot the refill is re-opening."""
-        engine = self._engine
-        if isinstance(exc, PoolTimeout) and timeout == 0 and not engine.closed:
-            gauges = engine.gauges()
+        shell = self._shell
+        if isinstance(exc, PoolTimeout) and timeout == 0 and not shell.core.closed:
+            gauges = shell.gauges()
             if gauges["in_use"] < gauges["max_size"] and gauges["opening"] > 0:
                 # Not exhausted in psycopg2's sense: a slot is being re-opened
                 # by the background refill (the pool dropped a broken
@@ -377,17 +319,17 @@ class AbstractConnectionPool(PoolHelpers):
                 # wait for that connection instead, and fail as psycopg2
                 # would if connecting fails.
                 try:
-                    return engine.acquire(REFILL_WAIT)
+                    return shell.acquire(REFILL_WAIT)
                 except PoolTimeout as waited:
                     if waited.__cause__ is not None:
                         raise waited.__cause__ from None
                     exc = waited
-                except _EngineError as other:
+                except _PoolError as other:
                     exc = other
         raise self._compat_error(exc, EXHAUSTED_MESSAGE) from exc.__cause__
 
     def _getconn_keyed(self, key: Any) -> Any:
-        if self._engine.closed:
+        if self._shell.core.closed:
             raise self._closed_error()
         with self._keys_lock:
             conn = self._by_key.get(key)
@@ -401,7 +343,7 @@ class AbstractConnectionPool(PoolHelpers):
                 self._key_of[id(conn)] = key
                 return conn
         # Another thread took a connection for the same key meanwhile.
-        self._engine.release(conn)
+        self._shell.release(conn)
         return existing
 
     # -- check-in ----------------------------------------------------------
@@ -417,28 +359,28 @@ class AbstractConnectionPool(PoolHelpers):
         connection this pool did not hand out, one already returned, or a key
         that does not match it; the pool is left untouched then.
         """
-        engine = self._engine
+        shell = self._shell
         if key is None and conn is not None and not self._key_of:
             # The fast path (no keyed connections out), inlined. On a closed
-            # pool the engine forgets the connection (closeall() closed it),
+            # pool the core forgets the connection (closeall() closed it),
             # then we raise as psycopg2 does.
             try:
-                engine.release(conn, close)
-            except _EngineError as exc:
-                if engine.closed:
+                shell.release(conn, close)
+            except _PoolError as exc:
+                if shell.core.closed:
                     raise self._closed_error() from None
                 raise self._compat_error(exc, UNKEYED_MESSAGE) from exc.__cause__
-            if engine.closed:
+            if shell.core.closed:
                 raise self._closed_error()
             return
-        if engine.closed:
+        if shell.core.closed:
             self._put_after_close(conn)
         self._release(self._unmap(conn, key), close)
 
     def _release(self, conn: Any, close: Any) -> None:
         try:
-            self._engine.release(conn, bool(close))
-        except _EngineError as exc:
+            self._shell.release(conn, bool(close))
+        except _PoolError as exc:
             raise self._compat_error(exc, UNKEYED_MESSAGE) from exc.__cause__
 
     def _unmap(self, conn: Any, key: Any) -> Any:
@@ -464,11 +406,11 @@ class AbstractConnectionPool(PoolHelpers):
             return owned
 
     def _put_after_close(self, conn: Any) -> NoReturn:
-        # psycopg2 raises here. Let the engine forget a connection it closed
+        # psycopg2 raises here. Let the core forget a connection it closed
         # by force, then say the pool is closed.
         if conn is not None:
-            with contextlib.suppress(_EngineError):
-                self._engine.release(conn)
+            with contextlib.suppress(_PoolError):
+                self._shell.release(conn)
         raise self._closed_error()
 
     # -- closing -----------------------------------------------------------
@@ -486,7 +428,7 @@ class AbstractConnectionPool(PoolHelpers):
             self._closed_by_caller = True
             self._by_key.clear()
             self._key_of.clear()
-        self._engine.close(0.0)
+        self._shell.close(0.0)
         self._finalizer.detach()
 
     def __enter__(self) -> AbstractConnectionPool:
@@ -512,13 +454,13 @@ class AbstractConnectionPool(PoolHelpers):
             return self._acquire(self._timeout)
         return self._acquire(check_seconds("timeout", timeout))
 
-    def _helper_release(self, conn: Any) -> None:
-        self._release(conn, False)
+    def _helper_release(self, conn: Any, close: bool = False) -> None:
+        self._release(conn, close)
 
     # -- errors --------------------------------------------------------------
 
-    def _compat_error(self, exc: _EngineError, default: str) -> _EngineError:
-        """The engine's error with psycopg2's message; the engine's text becomes a note."""
+    def _compat_error(self, exc: _PoolError, default: str) -> _PoolError:
+        """The core's error with psycopg2's message; the core's text becomes a note."""
         if isinstance(exc, PoolClosed):
             text = CLOSED_MESSAGE
         elif isinstance(exc, (PoolTimeout, TooManyRequests)):
@@ -530,19 +472,19 @@ class AbstractConnectionPool(PoolHelpers):
         _add_notes(err, f"pgreservoir: {exc}", hint)
         return err
 
-    def _closed_error(self) -> _EngineError:
+    def _closed_error(self) -> _PoolError:
         err = PoolClosed(CLOSED_MESSAGE, pool_name=self.name)
         _add_notes(err, f"pgreservoir: pool {self.name!r} was closed")
         return err
 
-    def _unkeyed_error(self, why: str) -> _EngineError:
-        err = _EngineError(UNKEYED_MESSAGE, pool_name=self.name)
+    def _unkeyed_error(self, why: str) -> _PoolError:
+        err = _PoolError(UNKEYED_MESSAGE, pool_name=self.name)
         _add_notes(err, f"pgreservoir: pool {self.name!r}: {why}")
         return err
 
     def __repr__(self) -> str:
         return (
-            f"<{type(self).__name__} {self.name!r} {self._engine.describe()} "
+            f"<{type(self).__name__} {self.name!r} {self._shell.describe()} "
             f"({self._conninfo})>"
         )
 
@@ -573,6 +515,6 @@ class PersistentConnectionPool(AbstractConnectionPool):
     # psycopg2's signature: the second positional argument is ``close``.
     def putconn(self, conn: Any = None, close: bool = False) -> None:  # type: ignore[override]
         """Give back the calling thread's connection (``conn`` may be omitted)."""
-        if self._engine.closed:
+        if self._shell.core.closed:
             self._put_after_close(conn)
         self._release(self._unmap(conn, threading.get_ident()), close)

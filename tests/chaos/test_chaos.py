@@ -47,7 +47,7 @@ import psycopg2
 import pytest
 
 from pgreservoir import ConnectionPool
-from pgreservoir.maintenance import BACKOFF_INITIAL, BACKOFF_MAX
+from pgreservoir._core import BACKOFF_INITIAL, BACKOFF_MAX
 from pgreservoir.testing import PostgresServer, TcpProxy
 
 from .workload import Request, Workload

@@ -141,7 +141,7 @@ def test_connect_hanging_on_a_paused_server_does_not_hold_callers(
             pool.getconn(timeout=2.0)
         assert time.monotonic() - start < 2.0 + 5.0
         wait_until(lambda: pool.stats()["connect_errors"] >= 1, "connect_timeout to fire")
-        assert "timeout" in str(pool._engine._last_error).lower()
+        assert "timeout" in str(pool._shell.core.failing_error()).lower()
         running.resume()
         wait_until(lambda: _serves(pool), "recovery after resume")
     finally:
@@ -187,7 +187,7 @@ def test_disconnect_error_discards_and_checks_siblings(running: PostgresServer) 
 def test_is_disconnect_classification(running: PostgresServer) -> None:
     pool = ConnectionPool(running.dsn, min_size=1)
     try:
-        driver = pool._driver
+        driver = pool._shell.driver
         with pool.connection() as conn:
             with pytest.raises(psycopg2.Error) as syntax:
                 scalar(conn, "SELEC 1")

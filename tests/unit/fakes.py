@@ -1,19 +1,20 @@
-"""A fake driver and a manual clock, to test the engine's bookkeeping without a server."""
+"""A fake driver and a manual clock, to test the core and the blocking shell
+without a server."""
 
 from __future__ import annotations
 
 import itertools
 import threading
 import weakref
-from typing import Any, Optional
+from typing import Any, Dict, List, Optional
 
-from pgreservoir._config import PoolConfig
-from pgreservoir._core import Engine
-from pgreservoir.driver import BROKEN, CLEAN, DIRTY
+from pgreservoir._core import BROKEN, CLEAN, DIRTY, Core
+from pgreservoir._sync.shell import SyncPool, held_lock
+from pgreservoir.options import PoolOptions, check_sizes
 
 
 class FakeConn:
-    """Just the state the engine's driver reads: closed flag, transaction, settings."""
+    """Just the state the shell's driver reads: closed flag, transaction, settings."""
 
     _ids = itertools.count(1)
 
@@ -22,14 +23,18 @@ class FakeConn:
         self.closed = 0
         self.in_transaction = False
         self.autocommit = False
-        self.dead = False  # the server side went away
+        self.dead = False  # the server side went away (its socket is readable)
+        self.hang = threading.Event()  # set: round trips block until interrupted
+        self.interrupted = threading.Event()
 
     def __repr__(self) -> str:
         return f"<FakeConn {self.id}>"
 
 
 class FakeDriver:
-    """Implements pgreservoir.driver.Driver on FakeConn objects."""
+    """Implements pgreservoir.drivers.Driver on FakeConn objects."""
+
+    server_ports = (5432,)
 
     def __init__(self) -> None:
         # Weak: a test may drop a connection to see the pool reap it.
@@ -39,6 +44,7 @@ class FakeDriver:
         self.connect_gate: Optional[threading.Event] = None  # block connects until set
         self.cleaned = 0
         self.pings = 0
+        self.probes = 0
         self._lock = threading.Lock()
 
     def connect(self) -> FakeConn:
@@ -59,20 +65,48 @@ class FakeDriver:
         conn.closed = 1
 
     def force_close(self, conn: Any) -> None:
+        self.interrupt(conn)
         conn.closed = 1
+
+    def interrupt(self, conn: Any) -> None:
+        conn.dead = True
+        conn.interrupted.set()
+
+    def fileno(self, conn: Any) -> int:
+        return -1
+
+    def probe(self, conn: Any) -> Any:
+        ref = weakref.ref(conn)  # a real probe does not keep its connection alive
+
+        def probe(timeout: int) -> List[Any]:
+            self.probes += 1
+            target = ref()
+            return [1] if target is None or target.dead else []
+
+        return probe
+
+    def adopt(self, conn: Any, owner: Any) -> None:
+        conn.pool = owner
 
     def snapshot(self, conn: Any) -> Any:
         return (conn.autocommit,)
 
     def verdict(self, conn: Any, baseline: Any) -> int:
-        if conn.closed or conn.dead:
+        if conn.closed:
             return BROKEN
         if conn.in_transaction or conn.autocommit != baseline[0]:
             return DIRTY
         return CLEAN
 
+    def _round_trip(self, conn: Any) -> None:
+        if conn.hang.is_set():
+            conn.interrupted.wait(30)
+        if conn.dead or conn.closed:
+            raise RuntimeError("server closed the connection")
+
     def clean(self, conn: Any, baseline: Any) -> None:
         self.cleaned += 1
+        self._round_trip(conn)
         if self.fail_clean:
             raise RuntimeError("rollback failed")
         conn.in_transaction = False
@@ -81,19 +115,24 @@ class FakeDriver:
     def in_transaction(self, conn: Any) -> bool:
         return bool(conn.in_transaction)
 
-    def looks_dead(self, conn: Any) -> bool:
-        return bool(conn.closed or conn.dead)
+    def after_readable(self, conn: Any, probe: Any) -> Optional[bool]:
+        return bool(conn.dead)
 
     def ping(self, conn: Any) -> None:
         self.pings += 1
-        if conn.dead:
-            raise RuntimeError("server closed the connection")
+        self._round_trip(conn)
 
     def describe(self) -> str:
         return "fake"
 
+    def redact(self, text: str) -> str:
+        return text.replace("s3cret", "***")
+
     def is_disconnect(self, exc: BaseException, conn: Any) -> bool:
         return bool(conn is not None and (conn.closed or conn.dead))
+
+    def cursor_kwargs(self, rows: Optional[str], cursor_factory: Any) -> Dict[str, Any]:
+        return {}
 
 
 class Clock:
@@ -109,47 +148,62 @@ class Clock:
         self.now += seconds
 
 
-def make_engine(
+_DEFAULTS: Dict[str, Any] = {
+    "name": "test",
+    "timeout": 5.0,
+    "check_idle_after": None,
+}
+
+
+def make_core(
+    *, min_size: int = 0, max_size: int = 4, inline: bool = False, lifo: bool = True,
+    **options: Any,
+) -> Core:
+    """A Core with test-friendly defaults and no jitter."""
+    opts = PoolOptions(**{**_DEFAULTS, **options})
+    return Core(
+        opts,
+        name=opts.name or "test",
+        min_size=min_size,
+        max_size=max_size,
+        inline=inline,
+        lifo=lifo,
+        rng=lambda: 0.5,
+    )
+
+
+def make_shell(
     driver: Optional[FakeDriver] = None,
     *,
     clock: Any = None,
     start: bool = True,
-    open_inline: bool = False,
+    inline: bool = False,
+    min_size: int = 0,
+    max_size: int = 4,
     **options: Any,
-) -> Engine:
-    """An Engine over a FakeDriver with test-friendly defaults."""
-    settings: dict[str, Any] = {
-        "name": "test",
-        "min_size": 0,
-        "max_size": 4,
-        "timeout": 5.0,
-        "max_waiting": 0,
-        "max_lifetime": 3600.0,
-        "max_idle": 600.0,
-        "check_idle_after": None,
-        "configure": None,
-        "reset": None,
-    }
-    settings.update(options)
-    engine = Engine(
-        driver or FakeDriver(),
-        PoolConfig.build(**settings),
-        open_inline=open_inline,
+) -> SyncPool:
+    """A blocking shell over a FakeDriver with test-friendly defaults."""
+    opts = PoolOptions(**{**_DEFAULTS, **options})
+    lo, hi = check_sizes(min_size, max_size)
+    core = Core(
+        opts, name=opts.name or "test", min_size=lo, max_size=hi, inline=inline,
+        new_handle=held_lock,
+    )
+    events: List[Any] = []
+    shell = SyncPool(
+        core,
+        driver or FakeDriver(),  # type: ignore[arg-type]
+        opts,
+        on_event=lambda kind, detail: events.append((kind, detail)),
         **({"clock": clock} if clock is not None else {}),
     )
+    shell.events = events  # type: ignore[attr-defined]
     if start:
-        engine.start()
-    return engine
+        shell.start()
+    return shell
 
 
-def check_invariant(engine: Engine) -> None:
-    """size == idle + in_use + reserved + opening, and every container agrees with states."""
-    with engine._lock:
-        total = len(engine._idle) + len(engine._in_use) + engine._reserved + engine._opening
-        assert engine._size == total, (engine._size, total)
-        assert engine._pending <= engine._opening
-        assert engine._to_open <= engine._pending
-        assert not (engine._idle and engine._waiters), "idle connections while callers wait"
-        idle_ids = [e.key for e in engine._idle]
-        assert len(set(idle_ids)) == len(idle_ids), "an entry is idle twice"
-        assert not set(idle_ids) & set(engine._in_use), "an entry is both idle and in use"
+def check_invariant(shell: SyncPool) -> None:
+    """The core's invariants, under the shell's lock."""
+    with shell._lock:
+        shell.core.check_invariants()

@@ -14,7 +14,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple
 import psycopg2
 import psycopg2.extensions
 
-from ..driver import mask_dsn
+from ..drivers import mask_dsn
 from .contenders import CONTENDERS, Contender, contender_versions
 from .memory import MemoryResult, memory_check
 from .progress import Progress

@@ -1,4 +1,4 @@
-"""The engine's bookkeeping, with a fake driver and a manual clock (no server)."""
+"""The blocking shell over the core, with a fake driver (threads, no server)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import psycopg2.pool
 import pytest
 
 from pgreservoir import PoolClosed, PoolError, PoolTimeout, TooManyRequests
-from pgreservoir._core import LIVENESS_SKIP, Engine
+from pgreservoir._sync.shell import SyncPool
 from pgreservoir.stats import WaitHistogram
 
-from .fakes import Clock, FakeConn, FakeDriver, check_invariant, make_engine
+from .fakes import Clock, FakeConn, FakeDriver, check_invariant, make_shell
 
 DEADLINE = 10.0
 
@@ -29,7 +29,7 @@ def wait_until(predicate: Callable[[], bool], what: str, timeout: float = DEADLI
         time.sleep(0.001)
 
 
-def start_getter(engine: Engine, results: List[Any], timeout: float = 5.0) -> threading.Thread:
+def start_getter(engine: SyncPool, results: List[Any], timeout: float = 5.0) -> threading.Thread:
     def run() -> None:
         try:
             results.append(engine.acquire(timeout))
@@ -42,16 +42,16 @@ def start_getter(engine: Engine, results: List[Any], timeout: float = 5.0) -> th
 
 
 def test_min_size_opened_in_background_and_wait_returns() -> None:
-    engine = make_engine(min_size=3)
+    engine = make_shell(min_size=3)
     engine.wait(DEADLINE)
     assert engine.stats()["size"] == 3
     assert engine.stats()["idle"] == 3
     check_invariant(engine)
-    engine.close()
+    engine.close(5.0)
 
 
 def test_lifo_reuse_and_no_double_hand_out() -> None:
-    engine = make_engine(min_size=2)
+    engine = make_shell(min_size=2)
     engine.wait(DEADLINE)
     a = engine.acquire()
     b = engine.acquire()
@@ -60,11 +60,11 @@ def test_lifo_reuse_and_no_double_hand_out() -> None:
     engine.release(b)
     assert engine.acquire() is b  # most recently returned first
     check_invariant(engine)
-    engine.close()
+    engine.close(5.0)
 
 
 def test_waiters_are_served_first_in_first_out() -> None:
-    engine = make_engine(max_size=1)
+    engine = make_shell(max_size=1)
     held = engine.acquire()
     order: List[Any] = []
     threads = []
@@ -83,11 +83,11 @@ def test_waiters_are_served_first_in_first_out() -> None:
     assert order == [0, 1, 2, 3, 4]
     engine.release(conn)
     check_invariant(engine)
-    engine.close()
+    engine.close(5.0)
 
 
 def test_returning_thread_cannot_barge_past_a_waiter() -> None:
-    engine = make_engine(max_size=1)
+    engine = make_shell(max_size=1)
     conn = engine.acquire()
     results: List[Any] = []
     thread = start_getter(engine, results)
@@ -100,11 +100,11 @@ def test_returning_thread_cannot_barge_past_a_waiter() -> None:
     assert results == [conn]
     check_invariant(engine)
     engine.release(conn)
-    engine.close()
+    engine.close(5.0)
 
 
 def test_timeout_message_names_pool_size_and_waiters() -> None:
-    engine = make_engine(max_size=1, name="orders")
+    engine = make_shell(max_size=1, name="orders")
     engine.acquire()
     with pytest.raises(PoolTimeout) as info:
         engine.acquire(0.05)
@@ -119,11 +119,11 @@ def test_timeout_message_names_pool_size_and_waiters() -> None:
     assert stats["timeouts"] == 1
     assert stats["waiting"] == 0
     check_invariant(engine)
-    engine.close(0)
+    engine.close(0.0)
 
 
 def test_max_waiting_rejects_at_once() -> None:
-    engine = make_engine(max_size=1, max_waiting=2)
+    engine = make_shell(max_size=1, max_waiting=2)
     engine.acquire()
     results: List[Any] = []
     threads = [start_getter(engine, results, timeout=DEADLINE) for _ in range(2)]
@@ -131,14 +131,14 @@ def test_max_waiting_rejects_at_once() -> None:
     with pytest.raises(TooManyRequests, match="max_waiting=2"):
         engine.acquire(DEADLINE)
     assert engine.stats()["rejected"] == 1
-    engine.close(0)
+    engine.close(0.0)
     for thread in threads:
         thread.join(DEADLINE)
     assert all(isinstance(r, PoolClosed) for r in results)
 
 
 def test_grows_only_while_callers_wait() -> None:
-    engine = make_engine(min_size=1, max_size=4)
+    engine = make_shell(min_size=1, max_size=4)
     engine.wait(DEADLINE)
     a = engine.acquire()
     engine.release(a)
@@ -148,12 +148,12 @@ def test_grows_only_while_callers_wait() -> None:
     assert c is not b
     assert engine.stats()["size"] == 2
     check_invariant(engine)
-    engine.close(0)
+    engine.close(0.0)
 
 
 def test_waiter_served_by_a_returned_connection_while_connect_hangs() -> None:
     driver = FakeDriver()
-    engine = make_engine(driver, min_size=1, max_size=2)
+    engine = make_shell(driver, min_size=1, max_size=2)
     engine.wait(DEADLINE)
     held = engine.acquire()
     driver.connect_gate = threading.Event()  # the next connect hangs
@@ -167,12 +167,12 @@ def test_waiter_served_by_a_returned_connection_while_connect_hangs() -> None:
     driver.connect_gate.set()
     wait_until(lambda: engine.stats()["idle"] == 1, "the late connection parked idle")
     check_invariant(engine)
-    engine.close(0)
+    engine.close(0.0)
 
 
 def test_expired_connection_replaced_at_checkout_and_at_return() -> None:
     clock = Clock()
-    engine = make_engine(clock=clock, min_size=1, max_lifetime=100.0)
+    engine = make_shell(clock=clock, min_size=1, max_lifetime=100.0)
     engine.wait(DEADLINE)
     first = engine.acquire()
     engine.release(first)
@@ -186,22 +186,22 @@ def test_expired_connection_replaced_at_checkout_and_at_return() -> None:
     wait_until(lambda: engine.stats()["idle"] == 1, "refill to min_size")
     assert engine.stats()["connections_closed"] == 2
     check_invariant(engine)
-    engine.close()
+    engine.close(5.0)
 
 
 def test_lifetime_has_jitter() -> None:
     clock = Clock()
-    engine = make_engine(clock=clock, min_size=20, max_size=20, max_lifetime=100.0)
+    engine = make_shell(clock=clock, min_size=20, max_size=20, max_lifetime=100.0)
     engine.wait(DEADLINE)
-    expiries = {round(e.expires - e.created, 6) for e in engine._idle}
+    expiries = {round(e.expires - e.created, 6) for e in engine.core._idle}
     assert len(expiries) > 1
     assert all(95.0 <= x <= 100.0 for x in expiries)
-    engine.close()
+    engine.close(5.0)
 
 
 def test_dirty_return_is_cleaned_and_kept() -> None:
     driver = FakeDriver()
-    engine = make_engine(driver, min_size=1)
+    engine = make_shell(driver, min_size=1)
     engine.wait(DEADLINE)
     conn = engine.acquire()
     conn.in_transaction = True
@@ -210,22 +210,22 @@ def test_dirty_return_is_cleaned_and_kept() -> None:
     assert not conn.in_transaction
     assert engine.acquire() is conn
     check_invariant(engine)
-    engine.close(0)
+    engine.close(0.0)
 
 
 def test_clean_return_does_no_work() -> None:
     driver = FakeDriver()
-    engine = make_engine(driver, min_size=1)
+    engine = make_shell(driver, min_size=1)
     engine.wait(DEADLINE)
     conn = engine.acquire()
     engine.release(conn)
     assert driver.cleaned == 0
-    engine.close()
+    engine.close(5.0)
 
 
 def test_failed_rollback_discards_and_frees_the_slot() -> None:
     driver = FakeDriver()
-    engine = make_engine(driver, min_size=0, max_size=1)
+    engine = make_shell(driver, min_size=0, max_size=1)
     conn = engine.acquire(DEADLINE)
     conn.in_transaction = True
     driver.fail_clean = True
@@ -236,57 +236,62 @@ def test_failed_rollback_discards_and_frees_the_slot() -> None:
     other = engine.acquire(DEADLINE)  # the slot is usable again
     assert other is not conn
     check_invariant(engine)
-    engine.close(0)
+    engine.close(0.0)
 
 
 def test_broken_return_discarded_and_refilled() -> None:
-    engine = make_engine(min_size=2)
+    engine = make_shell(min_size=2)
     engine.wait(DEADLINE)
     conn = engine.acquire()
-    conn.dead = True
+    conn.closed = 2  # what psycopg2 sets when a query finds the server gone
     engine.release(conn)
-    assert conn.closed
     wait_until(lambda: engine.stats()["idle"] == 2, "refill")
     stats = engine.stats()
     assert stats["connections_lost"] == 1
     assert stats["connections_opened"] == 3
     check_invariant(engine)
-    engine.close()
+    engine.close(5.0)
 
 
 def test_dead_idle_connection_never_handed_out() -> None:
     clock = Clock()
-    engine = make_engine(clock=clock, min_size=2)
+    engine = make_shell(clock=clock, min_size=2)
     engine.wait(DEADLINE)
-    for entry in engine._idle:
+    for entry in engine.core._idle:
         entry.conn.dead = True
     clock.advance(1.0)
     conn = engine.acquire(DEADLINE)
     assert not conn.dead
     assert engine.stats()["connections_lost"] == 2
     check_invariant(engine)
-    engine.close(0)
+    engine.close(0.0)
 
 
-def test_recently_returned_connection_skips_the_liveness_check() -> None:
+def test_every_hand_out_is_probed_and_idle_ones_pinged() -> None:
     clock = Clock()
     driver = FakeDriver()
-    engine = make_engine(driver, clock=clock, min_size=1, check_idle_after=0.0)
+    engine = make_shell(driver, clock=clock, min_size=1, check_idle_after=10.0)
     engine.wait(DEADLINE)
     conn = engine.acquire()
     engine.release(conn)
-    clock.advance(LIVENESS_SKIP / 2)
-    assert engine.acquire() is conn
+    probes = driver.probes
+    assert engine.acquire() is conn  # returned a moment ago: still probed
+    assert driver.probes == probes + 1
     assert driver.pings == 0
     engine.release(conn)
-    clock.advance(LIVENESS_SKIP * 2)
-    assert engine.acquire() is conn
-    assert driver.pings == 1  # idle past check_idle_after: one round trip
-    engine.close(0)
+    conn.dead = True  # the server hung up right after the return
+    fresh = engine.acquire(DEADLINE)
+    assert fresh is not conn
+    assert conn.closed
+    engine.release(fresh)
+    clock.advance(11)
+    engine.release(engine.acquire())  # idle past check_idle_after: one round trip
+    assert driver.pings == 1
+    engine.close(0.0)
 
 
 def test_foreign_and_double_return_raise_and_change_nothing() -> None:
-    engine = make_engine(min_size=1)
+    engine = make_shell(min_size=1)
     engine.wait(DEADLINE)
     conn = engine.acquire()
     before = engine.stats()
@@ -299,20 +304,20 @@ def test_foreign_and_double_return_raise_and_change_nothing() -> None:
         engine.release(conn)
     assert engine.stats() == before
     check_invariant(engine)
-    engine.close()
+    engine.close(5.0)
 
 
 def test_configure_failure_discards_the_connection() -> None:
     def configure(conn: Any) -> None:
         conn.in_transaction = True  # leaves a transaction open
 
-    engine = make_engine(min_size=0, max_size=1, configure=configure)
+    engine = make_shell(min_size=0, max_size=1, configure=configure)
     with pytest.raises(PoolTimeout) as info:
         engine.acquire(0.3)
     assert "configure() left a transaction open" in str(info.value.__cause__)
     assert engine.stats()["connect_errors"] >= 1
     check_invariant(engine)
-    engine.close(0)
+    engine.close(0.0)
 
 
 def test_reset_runs_on_every_return_and_failure_discards() -> None:
@@ -323,7 +328,7 @@ def test_reset_runs_on_every_return_and_failure_discards() -> None:
         if len(calls) == 2:
             raise RuntimeError("reset failed")
 
-    engine = make_engine(min_size=1, reset=reset)
+    engine = make_shell(min_size=1, reset=reset)
     engine.wait(DEADLINE)
     conn = engine.acquire()
     engine.release(conn)
@@ -333,24 +338,24 @@ def test_reset_runs_on_every_return_and_failure_discards() -> None:
     engine.release(conn)
     assert conn.closed
     check_invariant(engine)
-    engine.close()
+    engine.close(5.0)
 
 
 def test_connect_errors_become_the_timeout_cause() -> None:
     driver = FakeDriver()
     driver.fail_connect = OSError("Connection refused")
-    engine = make_engine(driver, min_size=1)
+    engine = make_shell(driver, min_size=1)
     with pytest.raises(PoolTimeout, match="Connection refused") as info:
         engine.acquire(0.3)
     assert isinstance(info.value.__cause__, OSError)
     driver.fail_connect = None
     assert engine.acquire(DEADLINE) is not None  # recovers by itself
-    engine.close(0)
+    engine.close(0.0)
 
 
 def test_shrinks_to_min_size_after_max_idle() -> None:
     clock = Clock()
-    engine = make_engine(clock=clock, min_size=1, max_size=3, max_idle=10.0)
+    engine = make_shell(clock=clock, min_size=1, max_size=3, max_idle=10.0)
     conns = [engine.acquire(DEADLINE) for _ in range(3)]
     for conn in conns:
         engine.release(conn)
@@ -361,11 +366,11 @@ def test_shrinks_to_min_size_after_max_idle() -> None:
     engine.housekeep()
     assert engine.stats()["size"] == 1
     check_invariant(engine)
-    engine.close()
+    engine.close(5.0)
 
 
 def test_resize_shrinks_and_grows() -> None:
-    engine = make_engine(min_size=4, max_size=4)
+    engine = make_shell(min_size=4, max_size=4)
     engine.wait(DEADLINE)
     held = [engine.acquire() for _ in range(3)]
     engine.resize(1, 2)
@@ -379,15 +384,13 @@ def test_resize_shrinks_and_grows() -> None:
     engine.resize(3, 5)
     engine.wait(DEADLINE)
     assert engine.stats()["size"] == 3
-    with pytest.raises(ValueError, match="must not exceed"):
-        engine.resize(6, 5)
-    assert engine.max_size == 5
+    assert engine.core.max_size == 5
     check_invariant(engine)
-    engine.close()
+    engine.close(5.0)
 
 
 def test_close_wakes_waiters_and_closes_everything() -> None:
-    engine = make_engine(min_size=2, max_size=2)
+    engine = make_shell(min_size=2, max_size=2)
     engine.wait(DEADLINE)
     idle_conn = engine.acquire()
     engine.release(idle_conn)
@@ -402,18 +405,18 @@ def test_close_wakes_waiters_and_closes_everything() -> None:
     with pytest.raises(PoolClosed):
         engine.acquire()
     engine.release(held[0])  # a late return of a forced connection is accepted
-    engine.close()  # idempotent
+    engine.close(5.0)  # idempotent
     assert engine.stats()["size"] == 0
-    assert not engine._maintainer.alive
+    assert not engine.background_alive
 
 
 def test_close_waits_for_connections_in_use() -> None:
-    engine = make_engine(min_size=1)
+    engine = make_shell(min_size=1)
     engine.wait(DEADLINE)
     conn = engine.acquire()
     closer = threading.Thread(target=engine.close, args=(DEADLINE,))
     closer.start()
-    wait_until(lambda: engine.closed, "close started")
+    wait_until(lambda: engine.core.closed, "close started")
     assert not conn.closed
     engine.release(conn)  # closed on return
     closer.join(DEADLINE)
@@ -423,8 +426,8 @@ def test_close_waits_for_connections_in_use() -> None:
 
 def test_inline_mode_opens_in_the_caller_and_raises_connect_errors() -> None:
     driver = FakeDriver()
-    engine = make_engine(driver, open_inline=True, start=False, min_size=2, max_size=3)
-    engine.fill_inline()
+    engine = make_shell(driver, inline=True, start=False, min_size=2, max_size=3)
+    engine.fill()
     assert engine.stats()["idle"] == 2
     engine.start()
     conns = [engine.acquire(0) for _ in range(3)]
@@ -438,11 +441,11 @@ def test_inline_mode_opens_in_the_caller_and_raises_connect_errors() -> None:
     with pytest.raises(OSError, match="refused"):
         engine.acquire(0)  # then room for one more: opened inline, and that fails
     check_invariant(engine)
-    engine.close(0)
+    engine.close(0.0)
 
 
 def test_many_threads_no_double_hand_out_no_leak() -> None:
-    engine = make_engine(min_size=2, max_size=6, timeout=DEADLINE)
+    engine = make_shell(min_size=2, max_size=6, timeout=DEADLINE)
     owners: dict[int, int] = {}
     guard = threading.Lock()
     errors: List[BaseException] = []
@@ -478,7 +481,7 @@ def test_many_threads_no_double_hand_out_no_leak() -> None:
     assert stats["size"] <= 6
     assert stats["requests"] == 24 * 300
     check_invariant(engine)
-    engine.close()
+    engine.close(5.0)
     assert engine.stats()["size"] == 0
 
 
@@ -522,7 +525,7 @@ def test_errors_pickle() -> None:
 )
 def test_bad_options_rejected(options: dict[str, Any], error: type, match: str) -> None:
     with pytest.raises(error, match=match):
-        make_engine(start=False, **options)
+        make_shell(start=False, **options)
 
 
 def _waiting_is(target: Any, count: int) -> Callable[[], bool]:
@@ -531,7 +534,7 @@ def _waiting_is(target: Any, count: int) -> Callable[[], bool]:
 
 def test_fail_fast_wakes_waiters_when_a_connect_fails() -> None:
     driver = FakeDriver()
-    engine = make_engine(driver, min_size=0, max_size=2, fail_fast=True, timeout=DEADLINE)
+    engine = make_shell(driver, min_size=0, max_size=2, fail_fast=True, timeout=DEADLINE)
     conn = engine.acquire()
     driver.fail_connect = OSError("Connection refused")
     results: List[Any] = []
@@ -543,13 +546,13 @@ def test_fail_fast_wakes_waiters_when_a_connect_fails() -> None:
         engine.acquire(DEADLINE)  # known unreachable: no wait at all
     engine.release(conn)
     assert engine.acquire(DEADLINE) is conn  # an idle connection is still served
-    engine.close(0)
+    engine.close(0.0)
 
 
 def test_a_dead_connection_makes_its_idle_siblings_get_a_round_trip() -> None:
     clock = Clock()
     driver = FakeDriver()
-    engine = make_engine(driver, clock=clock, min_size=3, max_size=3)
+    engine = make_shell(driver, clock=clock, min_size=3, max_size=3)
     engine.wait(DEADLINE)
     a, b, c = (engine.acquire() for _ in range(3))
     engine.release(a)
@@ -559,13 +562,13 @@ def test_a_dead_connection_makes_its_idle_siblings_get_a_round_trip() -> None:
     clock.advance(1.0)
     engine.acquire()
     assert driver.pings == 1
-    engine.close(0)
+    engine.close(0.0)
 
 
 def test_garbage_collected_connection_is_reaped() -> None:
     import gc
 
-    engine = make_engine(min_size=0, max_size=1)
+    engine = make_shell(min_size=0, max_size=1)
     engine.acquire(DEADLINE)  # dropped at once
     gc.collect()
     engine.housekeep()
@@ -575,15 +578,15 @@ def test_garbage_collected_connection_is_reaped() -> None:
     assert stats["connections_leaked"] == 1
     check_invariant(engine)
     assert engine.acquire(DEADLINE) is not None
-    engine.close(0)
+    engine.close(0.0)
 
 
 def test_closed_connections_are_not_reported_as_collected() -> None:
     import gc
 
-    engine = make_engine(min_size=0, max_size=1)
+    engine = make_shell(min_size=0, max_size=1)
     engine.release(engine.acquire(DEADLINE), close=True)
     gc.collect()
     engine.housekeep()
     assert engine.stats()["connections_leaked"] == 0
-    engine.close(0)
+    engine.close(0.0)

@@ -1,0 +1,34 @@
+"""The pool core: state and decisions, no I/O (see :mod:`pgreservoir._core.core`)."""
+
+from .core import (
+    BACKOFF_INITIAL,
+    BACKOFF_MAX,
+    BROKEN,
+    CLEAN,
+    CLOSE,
+    DIRTY,
+    LIFETIME_JITTER,
+    Core,
+    format_stack,
+)
+from .plan import Plan
+from .records import PING, PROBE, CloseReason, Entry, State, Waiter
+
+__all__ = [
+    "BACKOFF_INITIAL",
+    "BACKOFF_MAX",
+    "BROKEN",
+    "CLEAN",
+    "CLOSE",
+    "DIRTY",
+    "LIFETIME_JITTER",
+    "PING",
+    "PROBE",
+    "CloseReason",
+    "Core",
+    "Entry",
+    "Plan",
+    "State",
+    "Waiter",
+    "format_stack",
+]

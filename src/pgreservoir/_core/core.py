@@ -1,0 +1,996 @@
+"""The pool core: every decision of every pool, and no I/O.
+
+Design notes
+------------
+* **Decisions only.** The core holds the pool's state and decides everything:
+  checkout, check-in, hand-off, timeouts, growth, refill, retirement, backoff,
+  fail-fast, close. It never connects, closes, sleeps, waits, logs or calls
+  user code, and it never reads the clock: it is given ``now``. Each call
+  returns what to do (a :class:`Plan`), and the shells (threads, asyncio)
+  carry that out. Because a decision and the state change it implies happen
+  in one call, no shell can act on state that changed in between.
+* **Serialised calls.** The core has no lock of its own: the blocking shell
+  calls it under one lock, the asyncio shell from its event loop. Calls are
+  short and do no I/O, so the lock is never held across a round trip.
+* **Every slot has a state** (:class:`State`), changed only here, in the same
+  call that decides its fate; a slot is freed exactly once (entry CLOSED), so
+  a connection can be closed only once and ``size`` cannot drift.
+* **Fair line, acknowledged hand-off.** A caller that finds no idle
+  connection joins ``_waiters`` (FIFO). A connection that comes back while
+  someone waits is assigned to the oldest waiter in the same call, before
+  the waiter runs: idle connections and waiters never coexist, so a newcomer
+  or the returning thread cannot barge past the line. A waiter that gives up
+  (timeout, exception, cancellation) asks the core, which tells it whether it
+  was served meanwhile and re-routes what it was given.
+* **Every hand-out is checked by the receiver.** The core hands a connection
+  to one caller (IN_USE) and marks how much checking it needs (``vet``); the
+  receiving thread probes its socket (zero round trips) and, if asked, pings
+  it, before use. A dead one is reported back (``lose``) and the caller
+  retries at the head of the line.
+* **Growth in the background.** While callers wait and the pool is below
+  ``max_size``, the core requests opens; workers claim them one ticket at a
+  time (``claim_open``), at most ``num_workers`` at once and a single one
+  while connecting fails, with exponential backoff between failures.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import random
+import weakref
+from collections import deque
+from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple, Type, Union
+
+from ..errors import PoolClosed, PoolError, PoolTimeout, TooManyRequests
+from ..options import PoolOptions
+from ..stats import WaitHistogram
+from .plan import Plan
+from .records import PING, PROBE, CloseReason, Entry, State, Waiter
+
+__all__ = [
+    "BACKOFF_INITIAL",
+    "BACKOFF_MAX",
+    "BROKEN",
+    "CLEAN",
+    "CLOSE",
+    "DIRTY",
+    "LIFETIME_JITTER",
+    "Core",
+]
+
+#: max_lifetime is shortened by a random fraction up to this much per
+#: connection, so connections opened together do not all expire together.
+LIFETIME_JITTER = 0.05
+#: First delay (seconds) before retrying after a failed connection attempt.
+BACKOFF_INITIAL = 0.05
+#: Longest delay between attempts while the server is unreachable: short
+#: enough that callers get connections within ~1 s of the server coming back.
+BACKOFF_MAX = 1.0
+
+# Verdicts on a returned connection, made by the driver without I/O, in
+# increasing order of work; CLOSE is the caller's own putconn(close=True).
+CLEAN = 0  # idle, settings unchanged: straight back to the pool
+DIRTY = 1  # in a transaction, in error, or settings changed: clean it first
+BROKEN = 2  # closed, broken or in an unknown state: discard
+CLOSE = 3
+
+_OPENING = State.OPENING
+_IDLE = State.IDLE
+_IN_USE = State.IN_USE
+_RESERVED = State.RESERVED
+_CLOSED = State.CLOSED
+
+# Discards that are routine, so not worth a log line.
+_QUIET = (CloseReason.POOL_CLOSED, CloseReason.ABANDONED)
+
+
+class Core:
+    """The state and the decisions of one pool (see the module notes)."""
+
+    def __init__(
+        self,
+        options: PoolOptions,
+        *,
+        name: str,
+        min_size: int,
+        max_size: int,
+        inline: bool = False,
+        lifo: bool = True,
+        new_handle: Callable[[], Any] = lambda: None,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        """``min_size``/``max_size`` validated by the caller. ``inline``: a caller
+        that finds room opens its own connection (psycopg2.pool semantics);
+        ``lifo``: reuse the most recently returned connection first (else in
+        turn, oldest first); ``new_handle()`` makes a waiter's wake-up
+        primitive for the shell; ``rng`` jitters lifetimes and backoff."""
+        self.name = name
+        self._new_handle = new_handle
+        self._inline = inline
+        self._lifo = lifo
+        self._random = rng
+        self.timeout = options.timeout
+        self._max_waiting = options.max_waiting
+        self._max_lifetime = options.max_lifetime
+        self._max_idle = options.max_idle
+        ping_after = options.check_idle_after
+        self._ping_after = math.inf if ping_after is None else ping_after
+        self._fail_fast = options.fail_fast
+        self._reconnect_timeout = options.reconnect_timeout
+        self._leak_threshold = options.leak_threshold
+        self._keepalive = options.check_idle_interval
+        self._num_workers = options.num_workers
+        periods = [options.max_idle, options.max_lifetime]
+        periods += [p for p in (options.leak_threshold, options.check_idle_interval) if p]
+        #: How often the shell should call housekeep(), in seconds. It also
+        #: bounds how long an idle connection killed server-side stays
+        #: counted before the background probe finds it.
+        self.interval = min(0.5, max(0.05, min(periods) / 2.0))
+
+        # --- State. Guarded by the shell's lock (threads) or owned by the
+        # event loop (asyncio); changed only by the methods below.
+        # _idle      free connections. LIFO: most recently returned last, the
+        #            oldest at the front (retired first). Round-robin: the
+        #            front is the next one handed out.
+        # _in_use    key -> entry for connections a caller holds
+        # _reserved  entries the pool itself holds (being cleaned or checked)
+        # _opening   tickets: connects (and configure) in flight, background
+        #            or inline; _bg_opening counts the background ones
+        # _to_open   opens requested and not yet claimed by a worker
+        # _waiters   callers in line, oldest first
+        # Invariants (check_invariants() asserts them):
+        #   _size == len(_idle) + len(_in_use) + len(_reserved) + len(_opening) + _to_open
+        #   _size <= _max_size, except after resize() shrank the pool
+        #   _waiters non-empty => _idle empty (every arrival goes to the line's head)
+        self._idle: List[Entry] = []
+        self.in_use: Dict[int, Entry] = {}
+        self._reserved: Set[Entry] = set()
+        self._opening: Set[Entry] = set()
+        self._bg_opening = 0
+        self._to_open = 0
+        self._waiters: Deque[Waiter] = deque()
+        self._size = 0
+        self.min_size = min_size
+        self.max_size = max_size
+        #: Whether close() was called; only close() sets it.
+        self.closed = False
+        self._started = False  # start() was called: background opens may be requested
+        # Connections handed out and then closed by the pool (close() gave up
+        # waiting, or a fork disowned them): a late putconn() is accepted.
+        self._forced: Dict[int, Entry] = {}
+        # Keys of handed-out connections that were garbage-collected. Filled
+        # by weakref callbacks, which may run at any time (even in the middle
+        # of a core call, when a collection triggers): list.append is atomic
+        # and needs no lock; housekeep() drains it.
+        self._collected: List[int] = []
+        # Connecting: failure run, backoff, fail-fast probe.
+        self._last_error: Optional[BaseException] = None
+        self._failing = False
+        self._failing_since = 0.0
+        self._attempts = 0  # consecutive failed connects
+        self._next_attempt_at = -math.inf
+        self._gave_up = False  # reconnect_failed already due for this run
+        self._probe_wanted = False  # a fail-fast refusal wants a connect attempt
+        # Idle connections returned before this time get a round trip before
+        # hand-out: set when a connection turns out dead, because its
+        # siblings probably died with it (server restart, network reset).
+        self._suspect_before = -math.inf
+        # Counters since the pool opened.
+        self._requests = 0
+        self._requests_waited = 0
+        self._timeouts = 0
+        self._rejected = 0
+        self._opened = 0
+        self._closed_count = 0
+        self._connect_errors = 0
+        self._lost = 0
+        self._leaked = 0
+        self._waits = WaitHistogram()
+
+    # ------------------------------------------------------------------
+    # Checkout
+    # ------------------------------------------------------------------
+
+    def checkout(
+        self, now: float, timeout: Optional[float] = None, *, retry: bool = False
+    ) -> Union[Entry, Plan]:
+        """A caller wants a connection (``timeout``: None for the pool's, 0: do not wait).
+
+        Returns the entry handed to the caller (the fast path: nothing else
+        to do), or a Plan whose ``entry``, ``waiter``, ``ticket`` or ``error``
+        says what the caller gets. ``retry``: the caller's last connection
+        turned out dead; it goes back to the head of the line.
+        """
+        idle = self._idle
+        if idle:
+            entry = idle[-1] if self._lifo else idle[0]
+            if entry.expires > now:
+                if self._lifo:
+                    idle.pop()
+                else:
+                    idle.pop(0)
+                if not retry:
+                    self._requests += 1
+                self._give(entry, now)
+                return entry
+        return self._checkout_slow(now, timeout, retry)
+
+    def _give(self, entry: Entry, now: float) -> None:
+        """Hand ``entry`` to a caller: IN_USE, with the checks it needs first."""
+        entry.state = _IN_USE
+        entry.taken_at = now
+        entry.uses += 1
+        # Idle long, or its siblings died: a round trip too. (A connection
+        # just opened has last_used == created: it is not pinged.)
+        if entry.last_used < self._suspect_before or now - entry.last_used >= self._ping_after:
+            entry.vet = PING
+        else:
+            entry.vet = PROBE
+        self.in_use[entry.key] = entry
+
+    def _checkout_slow(self, now: float, timeout: Optional[float], retry: bool) -> Plan:
+        plan = Plan()
+        if not retry:
+            self._requests += 1
+        while self._idle:
+            entry = self._idle.pop() if self._lifo else self._idle.pop(0)
+            if entry.expires <= now:
+                self._discard(entry, CloseReason.EXPIRED, now, plan)
+                continue
+            self._give(entry, now)
+            plan.entry = entry
+            self._maybe_open(now, plan)
+            return plan
+        if self.closed:
+            plan.error = self._error(PoolClosed, "connection pool is closed")
+            return plan
+        if self._inline and not self._waiters:
+            if self._size < self.max_size:
+                self._size += 1
+                plan.ticket = self._new_ticket(now, inline=True, for_caller=True)
+                return plan
+            if self._to_open:
+                # The free slot is held only by a background open nobody has
+                # started: open it in this thread instead, as psycopg2.pool
+                # would, rather than time out a caller of an unused pool.
+                self._to_open -= 1
+                plan.ticket = self._new_ticket(now, inline=True, for_caller=True)
+                return plan
+        if timeout is None:
+            timeout = self.timeout
+        if timeout <= 0 or (self._fail_fast and self._failing):
+            if self._failing:
+                # Keep trying to connect while refusing callers, or fail-fast
+                # would refuse forever once nobody waits.
+                self._probe_wanted = True
+                self._maybe_open(now, plan)
+            self._timeouts += 1
+            plan.error = self._timeout_error(0.0)
+            return plan
+        if self._max_waiting and len(self._waiters) >= self._max_waiting:
+            self._rejected += 1
+            plan.error = self._error(
+                TooManyRequests,
+                f"{len(self._waiters)} callers already waiting (max_waiting="
+                f"{self._max_waiting}); retry later or raise max_waiting",
+            )
+            return plan
+        waiter = Waiter(now)
+        waiter.handle = self._new_handle()
+        if retry:
+            self._waiters.appendleft(waiter)
+        else:
+            self._waiters.append(waiter)
+            self._requests_waited += 1
+        plan.waiter = waiter
+        self._maybe_open(now, plan)
+        return plan
+
+    def give_up(self, waiter: Waiter, now: float, *, interrupted: bool = False) -> Plan:
+        """A waiter stopped waiting without being woken: its time ran out
+        (``interrupted=False``) or an exception or cancellation stopped it.
+
+        Served meanwhile: a waiter whose time ran out keeps the connection
+        (``plan.entry``); an interrupted one gives it back, to the next in
+        line or to idle. Failed meanwhile: ``plan.error``. Otherwise it leaves
+        the line (a PoolTimeout in ``plan.error`` unless interrupted).
+        """
+        entry = waiter.entry
+        if entry is not None:
+            if interrupted:
+                waiter.entry = None
+                return self.put_back(entry, now)
+            plan = Plan()
+            plan.entry = entry
+            return plan
+        plan = Plan()
+        if waiter.error is not None:
+            if not interrupted:
+                plan.error = waiter.error
+        else:
+            self._waiters.remove(waiter)
+            waited = now - waiter.since
+            self._waits.record(waited)
+            if not interrupted:
+                self._timeouts += 1
+                plan.error = self._timeout_error(waited)
+        return plan
+
+    def put_back(self, entry: Entry, now: float) -> Plan:
+        """A caller hands back, unused, a connection it was just given (it was
+        interrupted before it could check or use it): to the next in line or idle."""
+        plan = Plan()
+        if entry.state is _CLOSED:  # closed by close() meanwhile: the caller closes it
+            self._forced.pop(entry.key, None)
+            plan.close.append(entry)
+        else:
+            del self.in_use[entry.key]
+            self._return(entry, now, plan, entry.last_used)
+        return plan
+
+    def decline(self, entry: Entry, now: float, waited: float) -> Plan:
+        """The caller has no time left for the round trip ``entry`` needs: it goes
+        back unchanged (the next taker checks it) and the caller times out."""
+        plan = self.put_back(entry, now)
+        self._timeouts += 1
+        plan.error = self._timeout_error(waited)
+        return plan
+
+    def mark_suspect(self, now: float) -> None:
+        """A caller saw a disconnect error: idle connections get a round trip before use."""
+        self._suspect_before = now
+
+    def lose(self, entry: Entry, now: float, reason: CloseReason = CloseReason.DEAD) -> Plan:
+        """The caller that was handed ``entry`` found it dead (or was interrupted
+        while checking it): free its slot; the caller may retry."""
+        plan = Plan()
+        if entry.state is _CLOSED:  # closed by close() meanwhile: the caller closes it
+            self._forced.pop(entry.key, None)
+            plan.close.append(entry)
+        else:
+            del self.in_use[entry.key]
+            self._discard(entry, reason, now, plan)
+        return plan
+
+    # ------------------------------------------------------------------
+    # Check-in
+    # ------------------------------------------------------------------
+
+    def checkin(
+        self, entry: Optional[Entry], conn: Any, verdict: int, now: float
+    ) -> Union[Waiter, Plan, None]:
+        """A caller gives back ``conn`` with the driver's verdict.
+
+        ``entry`` is what the shell found in ``in_use`` for ``conn`` (a
+        pre-check without the lock; None if nothing): popping it here decides
+        ownership. Returns None (it went idle), the waiter it was handed to
+        (wake it), or a Plan: a connection to clean (``plan.clean``), or to
+        close, or an error for a connection this pool does not have out.
+        """
+        if entry is None or self.in_use.pop(entry.key, None) is not entry:
+            return self._bad_return(conn)
+        entry.conn = conn
+        if (
+            verdict == CLEAN
+            and entry.expires > now
+            and not self.closed
+            and self._size <= self.max_size
+        ):
+            entry.last_used = now
+            if self._waiters:
+                return self._hand_off(entry, now)
+            entry.state = _IDLE
+            self._idle.append(entry)
+            return None
+        return self._checkin_slow(entry, verdict, now)
+
+    def _bad_return(self, conn: Any) -> Plan:
+        plan = Plan()
+        forced = self._forced.pop(id(conn), None)
+        if forced is not None:
+            # Closed by close() after its timeout (or disowned after a fork):
+            # nothing left to do but close our side.
+            forced.conn = conn
+            plan.close.append(forced)
+            return plan
+        plan.error = self._error(
+            PoolError,
+            "trying to put unkeyed connection: this connection was not handed out "
+            "by this pool, or it was already returned",
+        )
+        return plan
+
+    def _checkin_slow(self, entry: Entry, verdict: int, now: float) -> Plan:
+        plan = Plan()
+        if self.closed:
+            self._discard(entry, CloseReason.POOL_CLOSED, now, plan)
+        elif verdict == BROKEN:
+            self._discard(entry, CloseReason.BROKEN, now, plan)
+        elif verdict == CLOSE:
+            self._discard(entry, CloseReason.CALLER, now, plan)
+        elif entry.expires <= now:
+            self._discard(entry, CloseReason.EXPIRED, now, plan)
+        elif self._size > self.max_size:
+            self._discard(entry, CloseReason.RESIZED, now, plan)
+        else:  # DIRTY: the caller cleans it, bounded, then calls cleaned()
+            entry.state = _RESERVED
+            self._reserved.add(entry)
+            plan.clean = entry
+        return plan
+
+    def cleaned(self, entry: Entry, now: float, failure: Optional[str] = None) -> Plan:
+        """The clean-up of a returned connection finished (``failure``: why it failed)."""
+        plan = Plan()
+        if entry.state is _CLOSED:  # closed by close() meanwhile: the cleaner closes it
+            plan.close.append(entry)
+            return plan
+        self._reserved.discard(entry)
+        if failure is not None:
+            plan.events.append(("reset_failed", failure))
+            self._discard(entry, CloseReason.RESET_FAILED, now, plan)
+        else:
+            self._return(entry, now, plan, now)
+        return plan
+
+    def _return(self, entry: Entry, now: float, plan: Plan, last_used: float) -> None:
+        """A usable connection the pool holds goes to a waiter or to idle, unless retired."""
+        if self.closed:
+            self._discard(entry, CloseReason.POOL_CLOSED, now, plan)
+        elif entry.expires <= now:
+            self._discard(entry, CloseReason.EXPIRED, now, plan)
+        elif self._size > self.max_size:
+            self._discard(entry, CloseReason.RESIZED, now, plan)
+        else:
+            entry.last_used = last_used
+            self._place(entry, now, plan)
+
+    def _place(self, entry: Entry, now: float, plan: Plan) -> None:
+        if self._waiters:
+            plan.wake.append(self._hand_off(entry, now))
+        else:
+            entry.state = _IDLE
+            self._idle.append(entry)
+
+    def _hand_off(self, entry: Entry, now: float) -> Waiter:
+        """Give ``entry`` to the oldest waiter; the shell must wake it."""
+        waiter = self._waiters.popleft()
+        self._give(entry, now)
+        self._waits.record(now - waiter.since)
+        waiter.entry = entry
+        return waiter
+
+    def _discard(self, entry: Entry, reason: CloseReason, now: float, plan: Plan) -> None:
+        """Free the slot of ``entry`` (already out of every container); the shell closes it."""
+        entry.state = _CLOSED
+        entry.ref = None  # closed by us: not to be reported as garbage-collected
+        self._size -= 1
+        self._closed_count += 1
+        plan.close.append(entry)
+        if reason is CloseReason.DEAD or reason is CloseReason.BROKEN:
+            self._lost += 1
+            self._suspect_before = now
+        if reason not in _QUIET:
+            plan.events.append(("closed", reason.value))
+        self._maybe_open(now, plan)
+
+    # ------------------------------------------------------------------
+    # Opening connections
+    # ------------------------------------------------------------------
+
+    def _new_ticket(self, now: float, *, inline: bool, for_caller: bool = False) -> Entry:
+        ticket = Entry(now, inline=inline, for_caller=for_caller)
+        self._opening.add(ticket)
+        return ticket
+
+    def _maybe_open(self, now: float, plan: Plan) -> None:
+        """Request the opens still needed: refill to min_size, one per waiter not
+        covered by an open under way, a probe while fail-fast refuses callers."""
+        if self.closed or not self._started:
+            return
+        underway = self._to_open + self._bg_opening
+        need = max(
+            self.min_size - self._size,
+            len(self._waiters) - underway,
+            1 if self._probe_wanted and underway == 0 else 0,
+        )
+        need = min(need, self.max_size - self._size)
+        if need > 0:
+            self._size += need
+            self._to_open += need
+            plan.open += need
+
+    def claim_open(self, now: float) -> Union[Entry, float, None]:
+        """A background worker asks for work: a ticket to open, or how many
+        seconds until the backoff allows the next attempt, or None."""
+        if self.closed or not self._to_open:
+            return None
+        if self._bg_opening >= (1 if self._failing else self._num_workers):
+            return None
+        if now < self._next_attempt_at:
+            return self._next_attempt_at - now
+        self._to_open -= 1
+        self._bg_opening += 1
+        return self._new_ticket(now, inline=False)
+
+    def connected(self, ticket: Entry, conn: Any, now: float) -> Plan:
+        """The connect of ``ticket`` returned ``conn``; configure may follow.
+
+        ``plan.close`` holds the ticket if the pool no longer wants it (closed
+        meanwhile): close it and do nothing more for this pool.
+        """
+        plan = Plan()
+        ticket.conn = conn
+        ticket.key = id(conn)
+        if ticket.state is _CLOSED:
+            plan.close.append(ticket)
+            if ticket.for_caller:
+                plan.error = self._error(PoolClosed, "connection pool is closed")
+        return plan
+
+    def opened(self, ticket: Entry, baseline: Any, probe: Any, now: float) -> Plan:
+        """``ticket``'s connection is connected, configured and checked.
+
+        Background: it goes to the oldest waiter or to idle. Inline: it is
+        the caller's (``plan.entry``).
+        """
+        plan = Plan()
+        if ticket.state is _CLOSED:  # abandoned by close() while configuring
+            plan.close.append(ticket)
+            return plan
+        self._end_open(ticket)
+        self._opened += 1
+        if self._failing:
+            plan.events.append(
+                ("reconnected", f"after {now - self._failing_since:.1f} s of failures")
+            )
+        self._failing = False
+        self._attempts = 0
+        self._next_attempt_at = -math.inf
+        self._gave_up = False
+        self._probe_wanted = False
+        ticket.baseline = baseline
+        ticket.probe = probe
+        lifetime = self._max_lifetime * (1.0 - LIFETIME_JITTER * self._random())
+        ticket.expires = now + lifetime
+        ticket.last_used = ticket.checked_at = ticket.created = now
+        ticket.ref = weakref.ref(
+            ticket.conn, functools.partial(_note_collected, self._collected, ticket.key)
+        )
+        if self.closed:
+            self._discard(ticket, CloseReason.POOL_CLOSED, now, plan)
+            if ticket.for_caller:
+                plan.error = self._error(PoolClosed, "connection pool is closed")
+        elif ticket.for_caller:
+            self._give(ticket, now)
+            ticket.vet = PROBE
+            plan.entry = ticket
+        else:
+            self._place(ticket, now, plan)
+        self._maybe_open(now, plan)
+        return plan
+
+    def open_failed(self, ticket: Entry, error: BaseException, now: float) -> Plan:
+        """The connect (or configure, or the first check) of ``ticket`` failed."""
+        plan = Plan()
+        if ticket.conn is not None:
+            plan.close.append(ticket)
+        if ticket.state is _CLOSED:  # abandoned meanwhile: its slot is free already
+            return plan
+        self._end_open(ticket)
+        ticket.state = _CLOSED
+        self._size -= 1
+        self._connect_errors += 1
+        self._last_error = error
+        self._attempts += 1
+        if not self._failing:
+            self._failing = True
+            self._failing_since = now
+        delay = min(BACKOFF_MAX, BACKOFF_INITIAL * 2.0 ** (self._attempts - 1))
+        self._next_attempt_at = now + delay * (0.8 + 0.4 * self._random())
+        if not ticket.inline:
+            text = " ".join(str(error).split()) or "(no message)"
+            plan.events.append(("connect_error", f"{type(error).__name__}: {text}"))
+        if self._fail_fast:
+            # Everybody waiting gets the error now; keep one attempt going.
+            while self._waiters:
+                waiter = self._waiters.popleft()
+                self._timeouts += 1
+                waiter.error = self._timeout_error(now - waiter.since)
+                plan.wake.append(waiter)
+            self._probe_wanted = True
+        self._maybe_open(now, plan)
+        return plan
+
+    def _end_open(self, ticket: Entry) -> None:
+        self._opening.discard(ticket)
+        if not ticket.inline:
+            self._bg_opening -= 1
+
+    # ------------------------------------------------------------------
+    # Background work
+    # ------------------------------------------------------------------
+
+    def housekeep(self, now: float) -> Plan:
+        """Periodic work (every ``interval`` s): reap abandoned slots, report
+        leaks, retire idle connections, keepalive pings, the idle-socket
+        probe, refill, and the reconnect_failed deadline."""
+        plan = Plan()
+        if self.closed:
+            return plan
+        if self._collected:
+            self._reap_collected(now, plan)
+        if self._leak_threshold is not None:
+            self._report_leaks(now, plan)
+        self._retire_idle(now, plan)
+        if self._keepalive is not None:
+            due = [
+                e for e in self._idle if now - max(e.last_used, e.checked_at) >= self._keepalive
+            ]
+            for entry in due:
+                self._idle.remove(entry)
+                self._reserve(entry)
+                plan.check.append(entry)
+        plan.poll = [(entry, entry.uses) for entry in self._idle]
+        failing_for = now - self._failing_since
+        if self._failing and not self._gave_up and failing_for >= self._reconnect_timeout:
+            self._gave_up = True
+            plan.reconnect_failed = True
+            plan.events.append(
+                (
+                    "reconnect_failed",
+                    f"no connection for {self._reconnect_timeout:.0f} s; still retrying",
+                )
+            )
+        self._maybe_open(now, plan)
+        return plan
+
+    def _reserve(self, entry: Entry) -> None:
+        entry.state = _RESERVED
+        self._reserved.add(entry)
+
+    def suspect(self, found: List[Tuple[Entry, int]], now: float) -> Plan:
+        """The background probe saw data on these idle sockets: reserve the ones
+        still idle and untouched since, for a full check (``plan.check``)."""
+        plan = Plan()
+        for entry, uses in found:
+            if entry.state is _IDLE and entry.uses == uses and not self.closed:
+                self._idle.remove(entry)
+                self._reserve(entry)
+                plan.check.append(entry)
+        return plan
+
+    def checked(self, entry: Entry, alive: bool, now: float) -> Plan:
+        """A background check of ``entry`` (from ``plan.check``) finished."""
+        plan = Plan()
+        if entry.state is _CLOSED:  # closed by close() meanwhile: the checker closes it
+            plan.close.append(entry)
+            return plan
+        self._reserved.discard(entry)
+        if not alive:
+            self._discard(entry, CloseReason.DEAD, now, plan)
+            return plan
+        entry.checked_at = now
+        if self._waiters or self.closed or entry.expires <= now or self._size > self.max_size:
+            self._return(entry, now, plan, entry.last_used)
+        else:
+            # Back at the cold end, keeping the order of the others.
+            entry.state = _IDLE
+            if self._lifo:
+                self._idle.insert(0, entry)
+            else:
+                self._idle.append(entry)
+        return plan
+
+    def _retire_idle(self, now: float, plan: Plan) -> None:
+        """Retire expired idle connections and idle surplus above ``min_size``."""
+        if not self._idle:
+            return
+        surplus = self._size - self.min_size
+        keep: List[Entry] = []
+        doomed: List[Tuple[Entry, CloseReason]] = []
+        # Oldest first: for LIFO the front, for round-robin any order will do.
+        for entry in self._idle:
+            if entry.expires <= now:
+                doomed.append((entry, CloseReason.EXPIRED))
+                surplus -= 1
+            elif surplus > 0 and now - entry.last_used >= self._max_idle:
+                doomed.append((entry, CloseReason.IDLE_SURPLUS))
+                surplus -= 1
+            else:
+                keep.append(entry)
+        if doomed:
+            self._idle[:] = keep
+            for entry, reason in doomed:
+                self._discard(entry, reason, now, plan)
+
+    def _reap_collected(self, now: float, plan: Plan) -> None:
+        """Free the slots of connections garbage-collected while handed out."""
+        keys, self._collected[:] = self._collected[:], []
+        for key in keys:
+            entry = self.in_use.get(key)
+            # The id may already belong to a new connection: check the ref.
+            if entry is not None and entry.ref is not None and entry.ref() is None:
+                del self.in_use[key]
+                self._leaked += 1
+                where = (
+                    f"; it was taken at:\n{format_stack(entry.trace)}" if entry.trace else ""
+                )
+                plan.events.append(
+                    (
+                        "leak",
+                        "a connection was garbage-collected without being returned; "
+                        f"its slot is free again{where}",
+                    )
+                )
+                # Nothing to close: the connection object is gone.
+                entry.state = _CLOSED
+                entry.ref = None
+                self._size -= 1
+                self._closed_count += 1
+        self._maybe_open(now, plan)
+
+    def _report_leaks(self, now: float, plan: Plan) -> None:
+        """Report (once per checkout) connections held longer than leak_threshold."""
+        assert self._leak_threshold is not None
+        for entry in self.in_use.values():
+            held = now - entry.taken_at
+            if not entry.leak_reported and held >= self._leak_threshold:
+                entry.leak_reported = True
+                self._leaked += 1
+                plan.events.append(
+                    (
+                        "leak",
+                        f"a connection has been held for {held:.1f} s (leak_threshold="
+                        f"{self._leak_threshold:g}); it was taken at:\n"
+                        f"{format_stack(entry.trace)}",
+                    )
+                )
+
+    def note_collected(self, key: int) -> None:
+        """Weakref callback target: a handed-out connection was collected (no lock)."""
+        self._collected.append(key)
+
+    # ------------------------------------------------------------------
+    # Whole-pool operations
+    # ------------------------------------------------------------------
+
+    def resize(self, min_size: int, max_size: int, now: float) -> Plan:
+        """New sizes (validated by the caller); surplus idle connections close now,
+        busy ones when they come back."""
+        plan = Plan()
+        if self.closed:
+            plan.error = self._error(PoolClosed, "connection pool is closed")
+            return plan
+        self.min_size = min_size
+        self.max_size = max_size
+        # Requested opens nobody started are the first to go.
+        cancel = min(self._to_open, max(0, self._size - max_size))
+        self._to_open -= cancel
+        self._size -= cancel
+        while self._size > max_size and self._idle:
+            entry = self._idle.pop(0) if self._lifo else self._idle.pop()
+            self._discard(entry, CloseReason.RESIZED, now, plan)
+        self._maybe_open(now, plan)
+        return plan
+
+    def close(self, now: float) -> Plan:
+        """Stop serving: waiters get PoolClosed, idle connections close,
+        requested and in-flight connects are abandoned. Connections in use,
+        being cleaned or configured close as they come back, or when the
+        shell gives up waiting (abandon()). Idempotent."""
+        plan = Plan()
+        if self.closed:
+            return plan
+        self.closed = True
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            waiter.error = self._error(PoolClosed, "connection pool is closed")
+            plan.wake.append(waiter)
+        idle, self._idle = self._idle, []
+        for entry in idle:
+            self._discard(entry, CloseReason.POOL_CLOSED, now, plan)
+        self._size -= self._to_open
+        self._to_open = 0
+        for ticket in list(self._opening):
+            if ticket.conn is None:  # still in connect(): nobody waits for it
+                self._end_open(ticket)
+                ticket.state = _CLOSED
+                self._size -= 1
+        return plan
+
+    def settled(self) -> bool:
+        """After close(): nothing is in use, being cleaned, checked or configured."""
+        return not self.in_use and not self._reserved and not self._opening
+
+    def abandon(self, now: float) -> Plan:
+        """close() waited long enough: close by force whatever is still out.
+
+        In use: ``plan.force`` (their holder's next query fails; a late
+        putconn() is accepted). Being cleaned, checked or configured by a pool
+        thread: ``plan.interrupt``; that thread closes it when its step ends.
+        """
+        plan = Plan()
+        forced = 0
+        for key, entry in list(self.in_use.items()):
+            del self.in_use[key]
+            entry.state = _CLOSED
+            self._forced[key] = entry
+            conn = entry.ref() if entry.ref is not None else entry.conn
+            if conn is not None:
+                plan.force.append(conn)
+            forced += 1
+        for entry in list(self._reserved) + [t for t in self._opening if t.conn is not None]:
+            self._reserved.discard(entry)
+            if entry in self._opening:
+                self._end_open(entry)
+            entry.state = _CLOSED
+            plan.interrupt.append(entry.conn)
+            forced += 1
+        self._size -= forced
+        self._closed_count += forced
+        if forced:
+            plan.events.append(("forced", f"{forced} connections still in use were closed"))
+        return plan
+
+    def after_fork(self) -> Tuple[List[Any], List[Entry]]:
+        """In a forked child: forget every connection and start afresh.
+
+        Returns the connections the parent had (the child must make their
+        sockets unreachable, not close them) and the tickets whose connect was
+        in flight (their socket may exist in the child with no owner).
+        """
+        conns: List[Any] = []
+        for entry in [*self._idle, *self._reserved, *self.in_use.values(), *self._opening]:
+            conn = entry.conn if entry.conn is not None else (entry.ref() if entry.ref else None)
+            if conn is not None:
+                conns.append(conn)
+        tickets = [t for t in self._opening if t.conn is None]
+        # A late putconn() of a connection taken before the fork is accepted.
+        self._forced = dict(self.in_use)
+        for entry in self._forced.values():
+            entry.state = _CLOSED
+            entry.ref = None
+        self._idle = []
+        self.in_use = {}
+        self._reserved = set()
+        self._opening = set()
+        self._waiters = deque()
+        self._collected[:] = []
+        self._bg_opening = self._to_open = self._size = 0
+        return conns, tickets
+
+    def filled(self) -> bool:
+        """Whether ``min_size`` connections are open (for wait())."""
+        return self._size - len(self._opening) - self._to_open >= self.min_size
+
+    def fill_error(self, waited: float) -> PoolError:
+        """The PoolTimeout of a wait() that ran out."""
+        open_now = self._size - len(self._opening) - self._to_open
+        return self._error(
+            PoolTimeout,
+            f"{open_now} of min_size={self.min_size} connections open after {waited:.2f} s",
+            cause=self._last_error if self._failing else None,
+        )
+
+    def reserve(self, now: float) -> Entry:
+        """A ticket to open a connection for the pool in the calling thread, before
+        start() (psycopg2.pool opens ``minconn`` in its constructor); once open
+        it goes to idle. The caller must have checked there is room."""
+        self._size += 1
+        return self._new_ticket(now, inline=True)
+
+    def start(self, now: float) -> Plan:
+        """The pool starts serving in the background: request ``min_size`` connections.
+        Until then nothing is requested (a facade may fill the pool itself first)."""
+        plan = Plan()
+        self._started = True
+        self._maybe_open(now, plan)
+        return plan
+
+    # ------------------------------------------------------------------
+    # Observability
+    # ------------------------------------------------------------------
+
+    def gauges(self) -> Dict[str, int]:
+        """The pool's state now: sizes, idle, in use, waiting, opening."""
+        return {
+            "min_size": self.min_size,
+            "max_size": self.max_size,
+            "size": self._size,
+            "idle": len(self._idle),
+            "in_use": len(self.in_use),
+            "waiting": len(self._waiters),
+            "opening": len(self._opening) + self._to_open,
+        }
+
+    def stats(self) -> Dict[str, Any]:
+        """Gauges and counters (see :mod:`pgreservoir.stats`)."""
+        result: Dict[str, Any] = self.gauges()
+        unwaited = self._requests - self._waits.recorded
+        result.update(
+            requests=self._requests,
+            requests_waited=self._requests_waited,
+            timeouts=self._timeouts,
+            rejected=self._rejected,
+            connections_opened=self._opened,
+            connections_closed=self._closed_count,
+            connect_errors=self._connect_errors,
+            connections_lost=self._lost,
+            connections_leaked=self._leaked,
+            wait_ms_p50=self._waits.percentile_ms(0.50, unwaited),
+            wait_ms_p99=self._waits.percentile_ms(0.99, unwaited),
+            wait_ms_max=round(self._waits.max_seconds * 1000.0, 3),
+        )
+        return result
+
+    def describe(self) -> str:
+        """Short state for repr(): ``open size=3/10 idle=1 in_use=2 waiting=0``."""
+        g = self.gauges()
+        return (
+            f"{'closed' if self.closed else 'open'} size={g['size']}/{g['max_size']} "
+            f"idle={g['idle']} in_use={g['in_use']} waiting={g['waiting']}"
+        )
+
+    def failing_error(self) -> Optional[BaseException]:
+        """The last connect error while connecting is failing, else None."""
+        return self._last_error if self._failing else None
+
+    def check_invariants(self) -> None:
+        """Assert the invariants written above the state (for tests)."""
+        total = (
+            len(self._idle)
+            + len(self.in_use)
+            + len(self._reserved)
+            + len(self._opening)
+            + self._to_open
+        )
+        assert self._size == total, f"size {self._size} != {total} ({self.gauges()})"
+        assert self._size >= 0
+        assert not (self._waiters and self._idle), "waiters and idle connections coexist"
+        assert all(e.state is _IDLE for e in self._idle)
+        assert all(e.state is _IN_USE for e in self.in_use.values())
+        assert all(e.state is _RESERVED for e in self._reserved)
+        assert all(e.state is _OPENING for e in self._opening)
+        bg = sum(1 for t in self._opening if not t.inline)
+        assert bg == self._bg_opening, f"background opens {bg} != {self._bg_opening}"
+
+    # ------------------------------------------------------------------
+    # Errors
+    # ------------------------------------------------------------------
+
+    def _error(
+        self, cls: Type[PoolError], what: str, *, cause: Optional[BaseException] = None
+    ) -> PoolError:
+        err = cls(f"pool {self.name!r}: {what}", pool_name=self.name, snapshot=self.gauges())
+        if cause is not None:
+            err.__cause__ = cause
+        return err
+
+    def _timeout_error(self, waited: float) -> PoolError:
+        g = self.gauges()
+        what = (
+            f"no connection available after {waited:.2f} s "
+            f"(size {g['size']}/{g['max_size']}, idle {g['idle']}, in use {g['in_use']}, "
+            f"{g['waiting']} waiting)"
+        )
+        cause = self._last_error if self._failing else None
+        if cause is not None:
+            text = " ".join(str(cause).split())
+            what += f"; connecting is failing: {type(cause).__name__}: {text}"
+        return self._error(PoolTimeout, what, cause=cause)
+
+    def __repr__(self) -> str:
+        return f"<Core {self.name!r} {self.describe()}>"
+
+
+def _note_collected(collected: List[int], key: int, ref: Any) -> None:
+    """Weakref callback: a handed-out connection was garbage-collected (no lock taken)."""
+    collected.append(key)
+
+
+def format_stack(stack: Any) -> str:
+    """A captured stack (file, line, function tuples, innermost first) as text."""
+    if not stack:
+        return "  (not recorded)"
+    return "".join(f'  File "{f}", line {n}, in {name}\n' for f, n, name in reversed(stack))

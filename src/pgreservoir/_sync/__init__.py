@@ -1,0 +1,1 @@
+"""The blocking shell: threads carry out the core's decisions."""

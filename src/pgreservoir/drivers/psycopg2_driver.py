@@ -1,0 +1,243 @@
+"""The :class:`~pgreservoir.drivers.Driver` for psycopg2 (``psycopg2`` or ``psycopg2-binary``)."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+from .._core import BROKEN, CLEAN, DIRTY
+from . import check_rows
+from ._conninfo import mask_dsn, parse_error, redact, secrets_of, server_ports
+from ._sockets import Probe, make_probe, shutdown_fd
+
+__all__ = ["Psycopg2Driver"]
+
+# Keyword arguments psycopg2.connect() accepts that are not libpq options.
+_PSYCOPG2_ONLY = ("connection_factory", "cursor_factory", "async", "async_")
+
+
+def _import_psycopg2() -> Any:
+    try:
+        import psycopg2
+        import psycopg2.extensions
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "this pool needs psycopg2: pip install 'pgreservoir[binary]' (or install "
+            "psycopg2 or psycopg2-binary yourself); for psycopg 3 pass "
+            "connection_class=psycopg.Connection"
+        ) from exc
+    return psycopg2
+
+
+class Psycopg2Driver:
+    """psycopg2 connections, opened with ``psycopg2.connect(dsn, *args, **kwargs)``."""
+
+    __slots__ = ("_args", "_dsn", "_kwargs", "_masked", "_psycopg2", "_secrets", "server_ports")
+
+    def __init__(
+        self,
+        dsn: Optional[str],
+        connect_kwargs: Mapping[str, Any],
+        *,
+        defaults: Optional[Mapping[str, Any]] = None,
+        args: Tuple[Any, ...] = (),
+    ) -> None:
+        """Validate the connection options now, so a typo fails at construction.
+
+        ``dsn``/``args``/``connect_kwargs`` are what the caller would pass to
+        ``psycopg2.connect()``; ``defaults`` fill libpq options the caller did not set.
+        """
+        psycopg2 = _import_psycopg2()
+        self._psycopg2 = psycopg2
+        kwargs: Dict[str, Any] = dict(connect_kwargs)
+        libpq_kwargs = {
+            k: v for k, v in kwargs.items() if k not in _PSYCOPG2_ONLY and v is not None
+        }
+        if args and dsn is None and isinstance(args[0], str):
+            # psycopg2.connect(dsn, connection_factory, cursor_factory) positionally.
+            dsn, args = args[0], args[1:]
+        if dsn is not None and not isinstance(dsn, str):
+            raise TypeError(f"the DSN must be a str, got {type(dsn).__name__}")
+        try:
+            merged = psycopg2.extensions.parse_dsn(
+                psycopg2.extensions.make_dsn(dsn, **libpq_kwargs)
+            )
+        except psycopg2.ProgrammingError as exc:
+            # From here on nothing may quote the DSN: it may hold a password.
+            raise ValueError(
+                f"invalid connection options: {parse_error(str(exc), dsn)}; pass libpq "
+                "keywords (host, port, dbname, user, password, connect_timeout, ...) "
+                "or a valid DSN"
+            ) from None
+        for key, value in (defaults or {}).items():
+            if key not in merged:
+                kwargs[key] = value
+                merged[key] = str(value)
+        self._dsn = dsn
+        self._args = args
+        self._kwargs = kwargs
+        self._masked = mask_dsn(merged)
+        self._secrets = secrets_of(merged)
+        self.server_ports = server_ports(merged)
+
+    # -- opening and closing -------------------------------------------------
+
+    def connect(self) -> Any:
+        if self._dsn is None:
+            conn = self._psycopg2.connect(*self._args, **self._kwargs)
+        else:
+            conn = self._psycopg2.connect(self._dsn, *self._args, **self._kwargs)
+        # libpq may have read more than ReadyForQuery into its buffer: a backend
+        # terminated as the connection completed leaves its FATAL there, where
+        # no socket probe can see it. poll() processes it (into conn.notices).
+        try:
+            conn.poll()
+        except self._psycopg2.Error:
+            self.close(conn)
+            raise
+        return conn
+
+    def close(self, conn: Any) -> None:
+        with contextlib.suppress(Exception):
+            conn.close()
+
+    def force_close(self, conn: Any) -> None:
+        # conn.close() waits for a query running in another thread to finish
+        # (psycopg2 holds the connection's mutex during a query). Shutting the
+        # socket down first makes that query fail at once, so close() returns.
+        self.interrupt(conn)
+        self.close(conn)
+
+    def interrupt(self, conn: Any) -> None:
+        with contextlib.suppress(Exception):
+            shutdown_fd(conn.fileno())
+
+    def fileno(self, conn: Any) -> int:
+        return int(conn.fileno())
+
+    def probe(self, conn: Any) -> Probe:
+        return make_probe(conn.fileno())
+
+    def adopt(self, conn: Any, owner: Any) -> None:
+        pass  # psycopg2 connections do not know about pools
+
+    # -- check-in ------------------------------------------------------------
+
+    def snapshot(self, conn: Any) -> Any:
+        return (conn.autocommit, conn.isolation_level, conn.readonly, conn.deferrable)
+
+    def verdict(self, conn: Any, baseline: Any) -> int:
+        if conn.closed:
+            return BROKEN
+        # get_transaction_status() is a plain C call; conn.info allocates an object.
+        status = conn.get_transaction_status()
+        if status == 0:  # TRANSACTION_STATUS_IDLE
+            if (
+                conn.autocommit is baseline[0]
+                and conn.isolation_level == baseline[1]
+                and conn.readonly is baseline[2]
+                and conn.deferrable is baseline[3]
+            ):
+                return CLEAN
+            return DIRTY
+        if status in (2, 3):  # INTRANS, INERROR
+            return DIRTY
+        return BROKEN  # ACTIVE (a command still running) or UNKNOWN (connection lost)
+
+    def clean(self, conn: Any, baseline: Any) -> None:
+        if conn.get_transaction_status() != 0:
+            conn.rollback()
+            if conn.get_transaction_status() != 0:
+                # An explicit BEGIN in autocommit mode: psycopg2's rollback() is a
+                # no-op there, so end the server-side transaction ourselves.
+                with conn.cursor() as cur:
+                    cur.execute("ROLLBACK")
+        # All four are client-side in psycopg2 >= 2.7: no round trip.
+        if conn.autocommit is not baseline[0]:
+            conn.autocommit = baseline[0]
+        if conn.isolation_level != baseline[1]:
+            conn.isolation_level = baseline[1]
+        if conn.readonly is not baseline[2]:
+            conn.readonly = baseline[2]
+        if conn.deferrable is not baseline[3]:
+            conn.deferrable = baseline[3]
+        if conn.closed or conn.get_transaction_status() != 0:
+            raise self._psycopg2.InterfaceError("connection not idle after rollback")
+
+    def in_transaction(self, conn: Any) -> bool:
+        return bool(conn.closed) or conn.get_transaction_status() != 0
+
+    # -- liveness ------------------------------------------------------------
+
+    def after_readable(self, conn: Any, probe: Probe) -> Optional[bool]:
+        notices = conn.notices
+        before = notices[-1] if notices else None
+        try:
+            # poll() consumes what is there; on a terminated backend the first
+            # read takes the FATAL message and the next one sees EOF and
+            # raises, so poll while still readable (bounded: a stream of
+            # NOTIFYs must not keep us here). Notifications stay queued in
+            # conn.notifies for the caller.
+            for _ in range(3):
+                conn.poll()
+                if conn.closed or not probe(0):
+                    break
+        except (OSError, ValueError, self._psycopg2.Error):
+            return True
+        if conn.closed:
+            return True
+        # libpq files a message that arrives outside a query as a notice: the
+        # FATAL a terminated backend sends, or the WARNING of a crash restart,
+        # with the EOF possibly not there yet. A FATAL is final; anything else
+        # new is rare on an idle connection: a round trip will tell.
+        notices = conn.notices
+        latest = notices[-1] if notices else None
+        if latest is not None and latest is not before:
+            return True if latest.startswith("FATAL") else None
+        return False
+
+    def ping(self, conn: Any) -> None:
+        # In autocommit mode SELECT 1 is a single round trip; otherwise psycopg2
+        # would send BEGIN first and we would need a ROLLBACK after it.
+        autocommit = conn.autocommit
+        if not autocommit:
+            conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1")
+        finally:
+            if not autocommit and not conn.closed:
+                conn.autocommit = False
+
+    # -- errors and display ----------------------------------------------------
+
+    def describe(self) -> str:
+        return self._masked
+
+    def redact(self, text: str) -> str:
+        return redact(text, self._secrets)
+
+    def cursor_kwargs(self, rows: Optional[str], cursor_factory: Any) -> Dict[str, Any]:
+        if rows is None:
+            return {} if cursor_factory is None else {"cursor_factory": cursor_factory}
+        check_rows(rows)
+        if cursor_factory is not None:
+            raise TypeError("pass either rows= or cursor_factory=, not both")
+        import psycopg2.extras
+
+        factories = {
+            "tuple": self._psycopg2.extensions.cursor,
+            "dict": psycopg2.extras.RealDictCursor,
+            "namedtuple": psycopg2.extras.NamedTupleCursor,
+        }
+        return {"cursor_factory": factories[rows]}
+
+    def is_disconnect(self, exc: BaseException, conn: Any) -> bool:
+        if not isinstance(exc, self._psycopg2.Error):
+            return False
+        if conn is not None and conn.closed:
+            return True
+        code = getattr(exc, "pgcode", None) or ""
+        # Class 08: connection exception; 57P01-57P03: admin shutdown, crash
+        # shutdown, cannot connect now.
+        return code.startswith("08") or code in ("57P01", "57P02", "57P03")

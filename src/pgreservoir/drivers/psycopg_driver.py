@@ -1,0 +1,266 @@
+"""The :class:`~pgreservoir.drivers.Driver` for psycopg 3 (sync connections)."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Dict, Mapping, Optional
+
+from .._core import BROKEN, CLEAN, DIRTY
+from . import check_rows
+from ._conninfo import mask_dsn, parse_error, redact, secrets_of, server_ports
+from ._sockets import Probe, make_probe, shutdown_fd
+
+__all__ = ["PsycopgDriver"]
+
+# Keyword arguments Connection.connect() takes that are not libpq options.
+_PSYCOPG_ONLY = frozenset({"autocommit", "prepare_threshold", "row_factory", "cursor_factory",
+                           "context"})
+# pq.TransactionStatus values (plain ints: compared on every check-in).
+_IDLE, _ACTIVE, _INTRANS, _INERROR, _UNKNOWN = range(5)
+
+
+def _import_psycopg() -> Any:
+    try:
+        import psycopg
+        import psycopg.conninfo
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "connection_class= means psycopg 3: pip install 'pgreservoir[psycopg]' "
+            "(or install psycopg[binary] yourself)"
+        ) from exc
+    return psycopg
+
+
+class PsycopgDriver:
+    """psycopg 3 connections, opened with ``connection_class.connect(conninfo, **kwargs)``.
+
+    ``connection_class`` may be a generic alias (``MyConnection[DictRow]``),
+    so it is only ever called, never compared with ``issubclass()``.
+    """
+
+    __slots__ = (
+        "_cls",
+        "_conninfo",
+        "_kwargs",
+        "_masked",
+        "_notices",
+        "_psycopg",
+        "_secrets",
+        "server_ports",
+    )
+
+    def __init__(
+        self,
+        conninfo: Optional[str],
+        connect_kwargs: Mapping[str, Any],
+        connection_class: Any,
+        *,
+        defaults: Optional[Mapping[str, Any]] = None,
+    ) -> None:
+        """Validate the connection options now, so a typo fails at construction."""
+        psycopg = _import_psycopg()
+        self._psycopg = psycopg
+        if not callable(getattr(connection_class, "connect", None)):
+            raise TypeError(
+                f"connection_class must be a psycopg Connection class, got {connection_class!r}"
+            )
+        if conninfo is not None and not isinstance(conninfo, str):
+            raise TypeError(f"conninfo must be a str, got {type(conninfo).__name__}")
+        kwargs: Dict[str, Any] = dict(connect_kwargs)
+        libpq = {k: v for k, v in kwargs.items() if k not in _PSYCOPG_ONLY and v is not None}
+        try:
+            merged = psycopg.conninfo.conninfo_to_dict(conninfo or "", **libpq)
+            # conninfo_to_dict accepts any keyword; libpq's parser knows the real ones.
+            psycopg.conninfo.make_conninfo("", **merged)
+        except psycopg.ProgrammingError as exc:
+            raise ValueError(
+                f"invalid connection options: {parse_error(str(exc), conninfo)}; pass libpq "
+                "keywords (host, port, dbname, user, password, connect_timeout, ...) "
+                "or a valid conninfo string"
+            ) from None
+        for key, value in (defaults or {}).items():
+            if key not in merged:
+                kwargs[key] = value
+                merged[key] = value
+        self._cls = connection_class
+        self._conninfo = conninfo or ""
+        self._kwargs = kwargs
+        self._masked = mask_dsn(merged)
+        self._secrets = secrets_of(merged)
+        self.server_ports = server_ports(merged)
+        # id(conn) -> severity of the last notice received outside a query
+        # (written by psycopg's notice callback, read by after_readable()).
+        self._notices: Dict[int, str] = {}
+
+    # -- opening and closing -------------------------------------------------
+
+    def connect(self) -> Any:
+        conn = self._cls.connect(self._conninfo, **self._kwargs)
+        key = id(conn)
+        notices = self._notices
+
+        def on_notice(diag: Any) -> None:
+            notices[key] = diag.severity_nonlocalized or diag.severity or ""
+
+        conn.add_notice_handler(on_notice)
+        # libpq may have read a FATAL (a backend terminated as the connection
+        # completed) into its buffer, where no socket probe can see it.
+        try:
+            conn.pgconn.consume_input()
+            conn.pgconn.is_busy()  # parses what was read: a FATAL becomes a notice
+        except self._psycopg.Error:
+            self.close(conn)
+            raise
+        if notices.pop(key, None) == "FATAL":
+            self.close(conn)
+            raise self._psycopg.OperationalError(
+                "the server closed the connection right after it was opened"
+            )
+        return conn
+
+    def close(self, conn: Any) -> None:
+        self._notices.pop(id(conn), None)
+        with contextlib.suppress(Exception):
+            conn.close()
+
+    def force_close(self, conn: Any) -> None:
+        # psycopg frees the libpq connection in close(): never do that while
+        # another thread is inside a query on it. Shutting the socket makes
+        # that query fail at once; the connection is closed now if nobody
+        # holds its lock, else when it comes back or is collected.
+        self.interrupt(conn)
+        lock = getattr(conn, "lock", None)
+        if lock is not None and lock.acquire(False):
+            try:
+                self.close(conn)
+            finally:
+                lock.release()
+
+    def interrupt(self, conn: Any) -> None:
+        with contextlib.suppress(Exception):
+            shutdown_fd(conn.pgconn.socket)
+
+    def fileno(self, conn: Any) -> int:
+        return int(conn.pgconn.socket)
+
+    def probe(self, conn: Any) -> Probe:
+        return make_probe(conn.pgconn.socket)
+
+    def adopt(self, conn: Any, owner: Any) -> None:
+        # psycopg's `with conn:` closes the connection unless it knows a pool.
+        conn._pool = owner
+
+    # -- check-in ------------------------------------------------------------
+
+    def snapshot(self, conn: Any) -> Any:
+        return (conn.autocommit, conn.isolation_level, conn.read_only, conn.deferrable)
+
+    def verdict(self, conn: Any, baseline: Any) -> int:
+        if conn.closed or conn.broken:
+            return BROKEN
+        status = conn.pgconn.transaction_status
+        if status == _IDLE:
+            if (
+                conn.autocommit is baseline[0]
+                and conn.isolation_level == baseline[1]
+                and conn.read_only == baseline[2]
+                and conn.deferrable == baseline[3]
+            ):
+                return CLEAN
+            return DIRTY
+        if status in (_INTRANS, _INERROR):
+            return DIRTY
+        return BROKEN  # ACTIVE (a command still running) or UNKNOWN (connection lost)
+
+    def clean(self, conn: Any, baseline: Any) -> None:
+        # rollback() ends a transaction even in autocommit mode (explicit BEGIN).
+        if conn.pgconn.transaction_status != _IDLE:
+            conn.rollback()
+        # Client-side in psycopg 3: no round trip.
+        if conn.autocommit is not baseline[0]:
+            conn.autocommit = baseline[0]
+        if conn.isolation_level != baseline[1]:
+            conn.isolation_level = baseline[1]
+        if conn.read_only != baseline[2]:
+            conn.read_only = baseline[2]
+        if conn.deferrable != baseline[3]:
+            conn.deferrable = baseline[3]
+        if conn.closed or conn.broken or conn.pgconn.transaction_status != _IDLE:
+            raise self._psycopg.InterfaceError("connection not idle after rollback")
+
+    def in_transaction(self, conn: Any) -> bool:
+        return bool(conn.closed or conn.broken) or conn.pgconn.transaction_status != _IDLE
+
+    # -- liveness ------------------------------------------------------------
+
+    def after_readable(self, conn: Any, probe: Probe) -> Optional[bool]:
+        key = id(conn)
+        self._notices.pop(key, None)
+        pgconn = conn.pgconn
+        try:
+            # Read what is there (bounded, as for psycopg2); is_busy() parses
+            # it: a FATAL becomes a notice, NOTIFYs stay queued in libpq for
+            # psycopg to deliver after the next command.
+            for _ in range(3):
+                pgconn.consume_input()
+                pgconn.is_busy()
+                if not probe(0):
+                    break
+        except (OSError, ValueError, self._psycopg.Error):
+            return True
+        if conn.closed or pgconn.status != 0:  # CONNECTION_OK
+            return True
+        severity = self._notices.pop(key, None)
+        if severity is not None:
+            return True if severity == "FATAL" else None
+        return False
+
+    def ping(self, conn: Any) -> None:
+        # A round trip outside any transaction: in autocommit mode SELECT 1 is
+        # one message; otherwise psycopg would open a transaction first.
+        autocommit = conn.autocommit
+        if not autocommit:
+            conn.autocommit = True
+        try:
+            conn.execute("SELECT 1")
+        finally:
+            if not autocommit and not conn.closed:
+                conn.autocommit = False
+
+    # -- errors and display ----------------------------------------------------
+
+    def describe(self) -> str:
+        return self._masked
+
+    def redact(self, text: str) -> str:
+        return redact(text, self._secrets)
+
+    def cursor_kwargs(self, rows: Optional[str], cursor_factory: Any) -> Dict[str, Any]:
+        if cursor_factory is not None:
+            raise TypeError(
+                "psycopg 3 cursors take a row factory, not a cursor factory: pass rows= "
+                "(or give connect() a row_factory)"
+            )
+        if rows is None:
+            return {}
+        check_rows(rows)
+        import psycopg.rows
+
+        factories = {
+            "tuple": psycopg.rows.tuple_row,
+            "dict": psycopg.rows.dict_row,
+            "namedtuple": psycopg.rows.namedtuple_row,
+        }
+        return {"row_factory": factories[rows]}
+
+    def is_disconnect(self, exc: BaseException, conn: Any) -> bool:
+        if not isinstance(exc, self._psycopg.Error):
+            return False
+        if conn is not None and (conn.closed or conn.broken):
+            return True
+        code = getattr(exc, "sqlstate", None) or ""
+        # Class 08: connection exception; 57P01-57P03: admin shutdown, crash
+        # shutdown, cannot connect now.
+        return code.startswith("08") or code in ("57P01", "57P02", "57P03")
+
+
