@@ -104,10 +104,12 @@ class ConnectionPool(PoolHelpers):
         else:
             self._acquire = shell.acquire
             self._release = shell.release
+            # getconn() and putconn() are exactly the shell's acquire and
+            # release (same arguments, checks and errors): bound per instance
+            # they save a Python frame each. Not when a subclass overrides them.
+            if type(self).getconn is ConnectionPool.getconn:
+                self.getconn = shell.acquire  # type: ignore[method-assign]
             if type(self).putconn is ConnectionPool.putconn:
-                # putconn() is exactly the shell's release (same arguments and
-                # errors): bound per instance it saves a Python frame per
-                # check-in. Not when a subclass overrides putconn().
                 self.putconn = shell.release  # type: ignore[method-assign]
         shell.start()
         # Close the pool (and stop its thread) when it is garbage-collected or,
@@ -155,8 +157,6 @@ class ConnectionPool(PoolHelpers):
         Waits in line up to ``timeout`` seconds (``None``: the pool's timeout;
         ``0``: do not wait) and raises PoolTimeout, TooManyRequests or PoolClosed.
         """
-        if timeout is not None:
-            timeout = check_seconds("timeout", timeout)
         return self._acquire(timeout)
 
     def putconn(self, conn: Any, close: bool = False) -> None:

@@ -143,6 +143,8 @@ class Core:
         #   _size == len(_idle) + len(_in_use) + len(_reserved) + len(_opening) + _to_open
         #   _size <= _max_size, except after resize() shrank the pool
         #   _waiters non-empty => _idle empty (every arrival goes to the line's head)
+        # The containers are never replaced, only changed in place: the
+        # shells bind their methods once.
         self._idle: List[Entry] = []
         self.in_use: Dict[int, Entry] = {}
         self._reserved: Set[Entry] = set()
@@ -204,26 +206,35 @@ class Core:
         """
         idle = self._idle
         if idle:
-            entry = idle[-1] if self._lifo else idle[0]
+            entry = idle.pop() if self._lifo else idle.pop(0)
             if entry.expires > now:
-                if self._lifo:
-                    idle.pop()
-                else:
-                    idle.pop(0)
                 if not retry:
                     self._requests += 1
-                self._give(entry, now)
+                # _give(), inlined: this is every checkout's path.
+                entry.state = _IN_USE
+                entry.taken_at = now
+                last_used = entry.last_used
+                if last_used < self._suspect_before or now - last_used >= self._ping_after:
+                    entry.vet = PING
+                else:
+                    entry.vet = PROBE
+                self.in_use[entry.key] = entry
                 return entry
+            # Expired: put it back where it was; the slow path retires it.
+            if self._lifo:
+                idle.append(entry)
+            else:
+                idle.insert(0, entry)
         return self._checkout_slow(now, timeout, retry)
 
     def _give(self, entry: Entry, now: float) -> None:
         """Hand ``entry`` to a caller: IN_USE, with the checks it needs first."""
         entry.state = _IN_USE
         entry.taken_at = now
-        entry.uses += 1
         # Idle long, or its siblings died: a round trip too. (A connection
         # just opened has last_used == created: it is not pinged.)
-        if entry.last_used < self._suspect_before or now - entry.last_used >= self._ping_after:
+        last_used = entry.last_used
+        if last_used < self._suspect_before or now - last_used >= self._ping_after:
             entry.vet = PING
         else:
             entry.vet = PROBE
@@ -631,7 +642,7 @@ class Core:
                 self._idle.remove(entry)
                 self._reserve(entry)
                 plan.check.append(entry)
-        plan.poll = [(entry, entry.uses) for entry in self._idle]
+        plan.poll = [(entry, entry.taken_at) for entry in self._idle]
         failing_for = now - self._failing_since
         if self._failing and not self._gave_up and failing_for >= self._reconnect_timeout:
             self._gave_up = True
@@ -649,12 +660,13 @@ class Core:
         entry.state = _RESERVED
         self._reserved.add(entry)
 
-    def suspect(self, found: List[Tuple[Entry, int]], now: float) -> Plan:
+    def suspect(self, found: List[Tuple[Entry, float]], now: float) -> Plan:
         """The background probe saw data on these idle sockets: reserve the ones
-        still idle and untouched since, for a full check (``plan.check``)."""
+        still idle and not handed out since (same ``taken_at``), for a full
+        check (``plan.check``)."""
         plan = Plan()
-        for entry, uses in found:
-            if entry.state is _IDLE and entry.uses == uses and not self.closed:
+        for entry, taken_at in found:
+            if entry.state is _IDLE and entry.taken_at == taken_at and not self.closed:
                 self._idle.remove(entry)
                 self._reserve(entry)
                 plan.check.append(entry)
@@ -787,7 +799,8 @@ class Core:
             waiter = self._waiters.popleft()
             waiter.error = self._error(PoolClosed, "connection pool is closed")
             plan.wake.append(waiter)
-        idle, self._idle = self._idle, []
+        idle = self._idle[:]
+        self._idle.clear()
         for entry in idle:
             self._discard(entry, CloseReason.POOL_CLOSED, now, plan)
         self._size -= self._to_open
@@ -851,8 +864,9 @@ class Core:
         for entry in self._forced.values():
             entry.state = _CLOSED
             entry.ref = None
-        self._idle = []
-        self.in_use = {}
+        # Emptied in place: a shell may hold bound methods of these.
+        self._idle.clear()
+        self.in_use.clear()
         self._reserved = set()
         self._opening = set()
         self._waiters = deque()

@@ -47,7 +47,7 @@ class Plan:
         self.force: List[Any] = []  # a caller holds them: close by force
         self.open = 0  # background opens requested
         self.check: List[Entry] = []  # reserved for a background check, then checked()
-        self.poll: List[Tuple[Entry, int]] = []  # idle (entry, uses) to probe, then suspect()
+        self.poll: List[Tuple[Entry, float]] = []  # idle (entry, taken_at): probe, suspect()
         self.events: List[Tuple[str, str]] = []  # (kind, detail) to log
         self.reconnect_failed = False  # call the reconnect_failed callback
 

@@ -62,7 +62,6 @@ class Entry:
         "state",
         "taken_at",
         "trace",
-        "uses",
         "vet",
     )
 
@@ -84,7 +83,6 @@ class Entry:
         self.last_used = now  # when it last came back to the pool (or was opened)
         self.taken_at = now  # when it was last handed out
         self.checked_at = now  # last background check
-        self.uses = 0  # hand-outs so far: tells a stale background probe apart
         self.vet = PROBE  # what the receiving thread must check before use
         self.baseline: Any = None  # session settings restored at check-in
         self.trace: Any = None  # where it was taken (leak detection)

@@ -41,7 +41,7 @@ from .._logging import logger
 from ..drivers import Driver
 from ..drivers._sockets import close_probe, open_fds, stray_sockets
 from ..errors import PoolError
-from ..options import PoolOptions
+from ..options import PoolOptions, check_seconds
 from .background import Maintainer
 from .deadlines import Deadline, watchdog
 
@@ -87,6 +87,11 @@ class SyncPool:
         """``owner`` is what new psycopg 3 connections name as their pool;
         ``reconnect_failed()`` is the user's callback, already bound to the facade."""
         self.core = core
+        # Bound once: called on every checkout and check-in. (A fork resets
+        # the core in place, so these stay valid.)
+        self._checkout = core.checkout
+        self._checkin = core.checkin
+        self._entry_of = core.in_use.get
         self.name = core.name
         self.driver = driver
         self._verdict = driver.verdict  # bound once: called on every check-in
@@ -141,13 +146,15 @@ class SyncPool:
     def acquire(self, timeout: Optional[float] = None) -> Any:
         """A connection, checked, waiting in line up to ``timeout`` seconds
         (None: the pool's timeout; 0: do not wait)."""
+        if timeout is not None and (type(timeout) is not float or not timeout >= 0.0):
+            timeout = check_seconds("timeout", timeout)
         now = self._clock()
         # acquire()/try/finally rather than `with`: on CPython 3.11 the
         # context-manager protocol of a Lock costs twice the lock itself.
         lock = self._lock
         lock.acquire()
         try:
-            got = self.core.checkout(now, timeout)
+            got = self._checkout(now, timeout)
         finally:
             lock.release()
         if type(got) is Entry:
@@ -321,7 +328,7 @@ class SyncPool:
         now = self._clock()
         # The unlocked lookup is only a pre-check (a dict read is atomic); the
         # core decides ownership under the lock.
-        entry = self.core.in_use.get(id(conn))
+        entry = self._entry_of(id(conn))
         if entry is None or entry.ref() is not conn:
             entry, verdict = None, BROKEN
         elif close:
@@ -333,7 +340,7 @@ class SyncPool:
         lock = self._lock
         lock.acquire()
         try:
-            got = self.core.checkin(entry, conn, verdict, now)
+            got = self._checkin(entry, conn, verdict, now)
         finally:
             lock.release()
         if got is None:
@@ -538,7 +545,7 @@ class SyncPool:
                 self._background_failed("the reconnect_failed callback", exc)
         for entry in plan.check:  # keepalive: a round trip each
             self._check(entry, ping=True)
-        found = [(e, uses) for e, uses in plan.poll if self._readable(e)]
+        found = [(e, taken_at) for e, taken_at in plan.poll if self._readable(e)]
         if found:
             with self._lock:
                 suspects = self.core.suspect(found, self._clock())

@@ -1,0 +1,632 @@
+"""The core alone: decisions on a manual clock, no threads, no I/O.
+
+Each test drives the core through the calls a shell makes and checks what it
+decided (the Plan) and that its invariants hold after every step.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, List, Optional, Union
+
+import pytest
+
+from pgreservoir import PoolClosed, PoolError, PoolTimeout, TooManyRequests
+from pgreservoir._core import (
+    BACKOFF_INITIAL,
+    BACKOFF_MAX,
+    BROKEN,
+    CLEAN,
+    CLOSE,
+    DIRTY,
+    PING,
+    PROBE,
+    Core,
+    Entry,
+    Plan,
+    State,
+    Waiter,
+)
+
+from .fakes import FakeConn, make_core
+
+T0 = 1000.0
+
+
+def probe(timeout: int) -> List[Any]:
+    return []
+
+
+def open_one(core: Core, now: float = T0) -> Entry:
+    """Claim a requested open and complete it; the entry, placed by the core."""
+    ticket = core.claim_open(now)
+    assert isinstance(ticket, Entry), ticket
+    core.connected(ticket, FakeConn(), now)
+    plan = core.opened(ticket, (False,), probe, now)
+    assert plan.error is None
+    core.check_invariants()
+    return ticket
+
+
+def fill(core: Core, count: int, now: float = T0) -> List[Entry]:
+    plan = core.start(now)
+    assert plan.open == count
+    return [open_one(core, now) for _ in range(count)]
+
+
+def take(core: Core, now: float = T0, timeout: Optional[float] = 0.0) -> Entry:
+    got = core.checkout(now, timeout)
+    if isinstance(got, Plan):
+        assert got.entry is not None, got
+        got = got.entry
+    core.check_invariants()
+    return got
+
+
+def give(
+    core: Core, entry: Entry, verdict: int = CLEAN, now: float = T0
+) -> Union[Waiter, Plan, None]:
+    conn = entry.conn if entry.conn is not None else entry.ref()
+    result = core.checkin(entry, conn, verdict, now)
+    core.check_invariants()
+    return result
+
+
+def test_start_requests_min_size_and_opens_fill_idle() -> None:
+    core = make_core(min_size=3, max_size=5)
+    fill(core, 3)
+    g = core.gauges()
+    assert (g["size"], g["idle"], g["opening"]) == (3, 3, 0)
+    assert core.filled()
+    assert core.claim_open(T0) is None
+
+
+def test_nothing_is_requested_before_start() -> None:
+    core = make_core(min_size=2)
+    ticket = core.reserve(T0)  # a facade filling the pool itself
+    core.connected(ticket, FakeConn(), T0)
+    core.opened(ticket, (False,), probe, T0)
+    assert core.gauges()["size"] == 1
+    assert core.claim_open(T0) is None  # not started: no background refill yet
+    assert core.start(T0).open == 1
+
+
+def test_fast_path_is_lifo_and_marks_the_probe() -> None:
+    core = make_core(min_size=2)
+    _a, b = fill(core, 2)
+    first = core.checkout(T0 + 1, 0.0)
+    assert first is b  # the most recently placed
+    assert first.state is State.IN_USE
+    assert first.vet == PROBE
+    assert give(core, first, now=T0 + 2) is None
+    assert core.checkout(T0 + 3, 0.0) is b
+
+
+def test_round_robin_order_hands_out_the_oldest_first() -> None:
+    core = make_core(min_size=2, lifo=False)
+    a, b = fill(core, 2)
+    assert core.checkout(T0, 0.0) is a
+    give(core, a)
+    assert core.checkout(T0, 0.0) is b
+    assert core.checkout(T0, 0.0) is a
+
+
+def test_idle_long_or_suspect_connections_are_pinged() -> None:
+    core = make_core(min_size=2, check_idle_after=60.0)
+    a, b = fill(core, 2)
+    assert take(core, T0 + 59).vet == PROBE
+    assert take(core, T0 + 61).vet == PING  # idle more than check_idle_after
+    give(core, b, now=T0 + 62)
+    give(core, a, now=T0 + 62)
+    core.mark_suspect(T0 + 63)
+    assert take(core, T0 + 64).vet == PING  # returned before a disconnect was seen
+
+
+def test_waiter_gets_the_next_return_in_line_order() -> None:
+    core = make_core(min_size=1, max_size=1)
+    (a,) = fill(core, 1)
+    held = take(core)
+    w1 = core.checkout(T0 + 1, 5.0)
+    w2 = core.checkout(T0 + 2, 5.0)
+    assert isinstance(w1, Plan)
+    assert isinstance(w2, Plan)
+    assert w1.waiter is not None
+    assert w2.waiter is not None
+    assert w1.open == 0  # the pool is at max_size: nothing to open
+    served = give(core, held, now=T0 + 3)
+    assert served is w1.waiter  # the returner hands it over, it cannot keep it
+    assert w1.waiter.entry is a
+    assert a.state is State.IN_USE
+    assert core.gauges()["waiting"] == 1
+    # Nobody can barge past the remaining waiter while it waits.
+    barge = core.checkout(T0 + 3, 0.0)
+    assert isinstance(barge, Plan)
+    assert isinstance(barge.error, PoolTimeout)
+
+
+def test_waiter_that_times_out_leaves_the_line_or_keeps_what_it_got() -> None:
+    core = make_core(min_size=1, max_size=1)
+    fill(core, 1)
+    held = take(core)
+    plan = core.checkout(T0, 1.0)
+    assert isinstance(plan, Plan)
+    assert plan.waiter is not None
+    out = core.give_up(plan.waiter, T0 + 1)
+    assert isinstance(out.error, PoolTimeout)
+    assert core.gauges()["waiting"] == 0
+    assert core.stats()["timeouts"] == 1
+    # Served at the very moment it gave up: it keeps the connection.
+    plan = core.checkout(T0 + 2, 1.0)
+    assert isinstance(plan, Plan)
+    assert plan.waiter is not None
+    give(core, held, now=T0 + 3)
+    out = core.give_up(plan.waiter, T0 + 3)
+    assert out.error is None
+    assert out.entry is held
+    core.check_invariants()
+
+
+def test_interrupted_waiter_passes_its_connection_on() -> None:
+    core = make_core(min_size=1, max_size=1)
+    fill(core, 1)
+    held = take(core)
+    first = core.checkout(T0, 5.0)
+    second = core.checkout(T0, 5.0)
+    assert isinstance(first, Plan)
+    assert isinstance(second, Plan)
+    assert first.waiter is not None
+    assert second.waiter is not None
+    assert give(core, held) is first.waiter
+    # The first waiter is interrupted before it runs: the connection goes on.
+    out = core.give_up(first.waiter, T0 + 1, interrupted=True)
+    assert out.wake == [second.waiter]
+    assert second.waiter.entry is held
+    assert out.error is None
+    core.check_invariants()
+    # Interrupted while still in line: it just leaves.
+    give(core, held)
+    third = core.checkout(T0, 0.0)
+    assert third is held
+    fourth = core.checkout(T0, 5.0)
+    assert isinstance(fourth, Plan)
+    assert fourth.waiter is not None
+    out = core.give_up(fourth.waiter, T0, interrupted=True)
+    assert out.error is None
+    assert not out.wake
+    assert core.gauges()["waiting"] == 0
+    core.check_invariants()
+
+
+def test_growth_requests_one_open_per_uncovered_waiter_up_to_max() -> None:
+    core = make_core(min_size=0, max_size=3)
+    core.start(T0)
+    plans = [core.checkout(T0, 5.0) for _ in range(5)]
+    assert [p.open for p in plans if isinstance(p, Plan)] == [1, 1, 1, 0, 0]
+    assert core.gauges()["size"] == 3
+    ticket = core.claim_open(T0)
+    assert isinstance(ticket, Entry)
+    core.connected(ticket, FakeConn(), T0)
+    placed = core.opened(ticket, (False,), probe, T0)
+    first = plans[0]
+    assert isinstance(first, Plan)
+    assert placed.wake == [first.waiter]  # the oldest waiter gets the new one
+    core.check_invariants()
+
+
+def test_num_workers_bounds_connects_in_flight() -> None:
+    core = make_core(min_size=4, max_size=4, num_workers=2)
+    core.start(T0)
+    assert isinstance(core.claim_open(T0), Entry)
+    assert isinstance(core.claim_open(T0), Entry)
+    assert core.claim_open(T0) is None  # two in flight already
+    core.check_invariants()
+
+
+def test_failed_connects_back_off_and_only_one_probe_runs() -> None:
+    core = make_core(min_size=2, max_size=2, num_workers=2)
+    core.start(T0)
+    ticket = core.claim_open(T0)
+    assert isinstance(ticket, Entry)
+    plan = core.open_failed(ticket, OSError("refused"), T0)
+    assert plan.events
+    assert plan.events[0][0] == "connect_error"
+    core.check_invariants()
+    # The failed slot is requested again, after a backoff.
+    delay = core.claim_open(T0)
+    assert isinstance(delay, float)
+    assert BACKOFF_INITIAL * 0.8 <= delay <= BACKOFF_INITIAL * 1.2
+    ticket = core.claim_open(T0 + delay)
+    assert isinstance(ticket, Entry)
+    # While failing, a single attempt at a time.
+    assert core.claim_open(T0 + 10) is None
+    now = T0 + delay
+    wait = 0.0
+    for _attempt in range(2, 12):
+        core.open_failed(ticket, OSError("refused"), now)
+        delay = core.claim_open(now)
+        assert isinstance(delay, float)
+        wait = delay
+        assert wait <= BACKOFF_MAX * 1.2
+        now += wait
+        ticket = core.claim_open(now)
+        assert isinstance(ticket, Entry)
+    assert wait >= BACKOFF_MAX * 0.8  # capped
+    core.connected(ticket, FakeConn(), now)
+    plan = core.opened(ticket, (False,), probe, now)
+    assert plan.events[0][0] == "reconnected"
+    assert isinstance(core.claim_open(now), Entry)  # healthy: no more backoff
+    core.check_invariants()
+
+
+def test_fail_fast_refuses_waiting_but_keeps_probing() -> None:
+    core = make_core(min_size=0, max_size=2, fail_fast=True, timeout=5.0)
+    core.start(T0)
+    plan = core.checkout(T0, None)
+    assert isinstance(plan, Plan)
+    assert plan.waiter is not None
+    assert plan.open == 1
+    ticket = core.claim_open(T0)
+    assert isinstance(ticket, Entry)
+    failed = core.open_failed(ticket, OSError("refused"), T0)
+    assert failed.wake == [plan.waiter]
+    assert isinstance(plan.waiter.error, PoolTimeout)
+    assert isinstance(plan.waiter.error.__cause__, OSError)
+    # Nobody waits now, yet a connect attempt stays requested (the jam of
+    # old: fail-fast refused every later caller forever).
+    assert core.gauges()["opening"] == 1
+    refused = core.checkout(T0 + 0.01, None)
+    assert isinstance(refused, Plan)
+    assert isinstance(refused.error, PoolTimeout)
+    assert "refused" in str(refused.error)
+    wait = core.claim_open(T0 + 0.01)
+    assert isinstance(wait, float)
+    ticket = core.claim_open(T0 + 1)
+    assert isinstance(ticket, Entry)
+    core.connected(ticket, FakeConn(), T0 + 1)
+    core.opened(ticket, (False,), probe, T0 + 1)
+    assert isinstance(core.checkout(T0 + 1, None), Entry)  # served again
+    core.check_invariants()
+
+
+def test_dirty_returns_are_reserved_for_cleaning() -> None:
+    core = make_core(min_size=1)
+    (a,) = fill(core, 1)
+    take(core)
+    plan = give(core, a, DIRTY)
+    assert isinstance(plan, Plan)
+    assert plan.clean is a
+    assert a.state is State.RESERVED
+    back = core.cleaned(a, T0 + 1)
+    assert not back
+    assert a.state.value == "idle"
+    take(core)
+    plan = give(core, a, DIRTY)
+    assert isinstance(plan, Plan)
+    failed = core.cleaned(a, T0 + 2, "RuntimeError: rollback failed")
+    assert failed.close == [a]
+    assert a.state.value == "closed"
+    assert ("reset_failed", "RuntimeError: rollback failed") in failed.events
+    assert failed.open == 1  # refill to min_size
+    core.check_invariants()
+
+
+@pytest.mark.parametrize("verdict", [BROKEN, CLOSE])
+def test_broken_or_closed_returns_free_their_slot(verdict: int) -> None:
+    core = make_core(min_size=0, max_size=2)
+    fill(core, 0)
+    core.start(T0)
+    core.checkout(T0, 5.0)
+    a = open_one(core)
+    assert a.state is State.IN_USE
+    plan = give(core, a, verdict)
+    assert isinstance(plan, Plan)
+    assert plan.close == [a]
+    assert core.gauges()["size"] == 0
+    assert core.stats()["connections_lost"] == (1 if verdict == BROKEN else 0)
+
+
+def test_foreign_and_double_returns_change_nothing() -> None:
+    core = make_core(min_size=1)
+    (a,) = fill(core, 1)
+    take(core)
+    before = core.stats()
+    plan = core.checkin(None, FakeConn(), BROKEN, T0)
+    assert isinstance(plan, Plan)
+    assert isinstance(plan.error, PoolError)
+    assert "unkeyed" in str(plan.error)
+    assert core.stats() == before
+    give(core, a)
+    before = core.stats()
+    again = core.checkin(a, a.conn, CLEAN, T0)
+    assert isinstance(again, Plan)
+    assert isinstance(again.error, PoolError)
+    assert core.stats() == before
+    core.check_invariants()
+
+
+def test_expired_idle_connections_are_retired_at_checkout() -> None:
+    core = make_core(min_size=2, max_lifetime=100.0)
+    a, b = fill(core, 2)
+    # rng is 0.5: each lifetime is 100 * (1 - 0.025)
+    assert a.expires == pytest.approx(T0 + 97.5)
+    plan = core.checkout(T0 + 98, 0.0)
+    assert isinstance(plan, Plan)
+    assert set(plan.close) == {a, b}
+    assert isinstance(plan.error, PoolTimeout)
+    assert plan.open == 2  # refill
+    core.check_invariants()
+
+
+def test_housekeeping_retires_surplus_and_expired_idle() -> None:
+    core = make_core(min_size=1, max_size=3, max_idle=10.0)
+    core.start(T0)
+    plans = [core.checkout(T0, 5.0) for _ in range(3)]
+    entries = [open_one(core) for _ in range(2)]
+    entries.append(open_one(core))
+    assert all(e.state is State.IN_USE for e in entries)
+    assert all(isinstance(p, Plan) for p in plans)
+    for entry in entries:
+        give(core, entry, now=T0 + 1)
+    assert not core.housekeep(T0 + 5).close
+    plan = core.housekeep(T0 + 12)
+    assert len(plan.close) == 2
+    assert core.gauges()["size"] == 1
+    core.check_invariants()
+
+
+def test_background_probe_reserves_only_untouched_idle_entries() -> None:
+    core = make_core(min_size=2)
+    a, b = fill(core, 2)
+    plan = core.housekeep(T0 + 1)
+    assert {e for e, _ in plan.poll} == {a, b}
+    polled = plan.poll
+    # b is handed out and returned between the probe and the report.
+    take(core, T0 + 2)
+    give(core, b, now=T0 + 2)
+    found = core.suspect(polled, T0 + 3)
+    assert found.check == [a]
+    assert a.state is State.RESERVED
+    dead = core.checked(a, False, T0 + 4)
+    assert dead.close == [a]
+    assert dead.open == 1
+    core.check_invariants()
+
+
+def test_keepalive_reserves_due_idle_connections() -> None:
+    core = make_core(min_size=2, check_idle_interval=30.0)
+    a, b = fill(core, 2)
+    assert not core.housekeep(T0 + 10).check
+    plan = core.housekeep(T0 + 31)
+    assert set(plan.check) == {a, b}
+    core.checked(a, True, T0 + 32)
+    core.checked(b, True, T0 + 32)
+    assert core.gauges()["idle"] == 2
+    assert not core.housekeep(T0 + 40).check
+    core.check_invariants()
+
+
+def test_close_fails_waiters_closes_idle_and_abandons_connects() -> None:
+    core = make_core(min_size=2, max_size=4)
+    _a, _b = fill(core, 2)
+    held = take(core)
+    take(core)
+    waiting = core.checkout(T0, 5.0)
+    assert isinstance(waiting, Plan)
+    assert waiting.waiter is not None
+    ticket = core.claim_open(T0)  # a connect in flight for the waiter
+    assert isinstance(ticket, Entry)
+    plan = core.close(T0 + 1)
+    assert plan.wake == [waiting.waiter]
+    assert isinstance(waiting.waiter.error, PoolClosed)
+    assert not core.settled()  # two still in use
+    core.check_invariants()
+    # The connect returns after close(): nothing more to do but close it.
+    late = core.connected(ticket, FakeConn(), T0 + 2)
+    assert late.close == [ticket]
+    back = give(core, held, now=T0 + 2)
+    assert isinstance(back, Plan)
+    assert back.close == [held]
+    forced = core.abandon(T0 + 3)
+    assert len(forced.force) == 1
+    assert core.settled()
+    assert core.gauges()["size"] == 0
+    assert core.close(T0 + 4).wake == []  # idempotent
+    refused = core.checkout(T0 + 5, 0.0)
+    assert isinstance(refused, Plan)
+    assert isinstance(refused.error, PoolClosed)
+    core.check_invariants()
+
+
+def test_a_clean_in_progress_at_close_is_interrupted_and_closed_once() -> None:
+    core = make_core(min_size=1)
+    (a,) = fill(core, 1)
+    take(core)
+    plan = give(core, a, DIRTY)
+    assert isinstance(plan, Plan)
+    assert plan.clean is a
+    core.close(T0)
+    assert not core.settled()
+    forced = core.abandon(T0 + 5)
+    assert forced.interrupt == [a.conn]
+    assert not forced.close  # the cleaning thread closes it, once
+    assert core.gauges()["size"] == 0
+    done = core.cleaned(a, T0 + 6, "interrupted")
+    assert done.close == [a]
+    assert core.stats()["connections_closed"] == 1
+    core.check_invariants()
+
+
+def test_resize_shrinks_idle_now_and_busy_on_return() -> None:
+    core = make_core(min_size=3, max_size=3)
+    _a, _b, _c = fill(core, 3)
+    x = take(core)
+    y = take(core)
+    plan = core.resize(1, 1, T0)
+    assert len(plan.close) == 1  # the idle one
+    assert core.gauges()["size"] == 2
+    out = give(core, x)
+    assert isinstance(out, Plan)
+    assert out.close == [x]
+    assert give(core, y) is None  # at max_size now: kept
+    core.check_invariants()
+
+
+def test_max_waiting_and_zero_timeout() -> None:
+    core = make_core(min_size=1, max_size=1, max_waiting=1)
+    fill(core, 1)
+    take(core)
+    assert isinstance(core.checkout(T0, 0.0), Plan)
+    first = core.checkout(T0, 5.0)
+    assert isinstance(first, Plan)
+    assert first.waiter is not None
+    second = core.checkout(T0, 5.0)
+    assert isinstance(second, Plan)
+    assert isinstance(second.error, TooManyRequests)
+    assert core.stats()["rejected"] == 1
+
+
+def test_inline_mode_gives_the_caller_a_ticket_when_there_is_room() -> None:
+    core = make_core(min_size=0, max_size=1, inline=True)
+    core.start(T0)
+    plan = core.checkout(T0, 0.0)
+    assert isinstance(plan, Plan)
+    assert plan.ticket is not None
+    assert plan.ticket.for_caller
+    ticket = plan.ticket
+    core.connected(ticket, FakeConn(), T0)
+    opened = core.opened(ticket, (False,), probe, T0)
+    assert opened.entry is ticket
+    assert ticket.state is State.IN_USE
+    full = core.checkout(T0, 0.0)
+    assert isinstance(full, Plan)
+    assert isinstance(full.error, PoolTimeout)
+    core.check_invariants()
+
+
+def test_after_fork_forgets_everything_and_accepts_late_returns() -> None:
+    core = make_core(min_size=2, max_size=3)
+    a, b = fill(core, 2)
+    held = take(core)
+    core.start(T0)
+    core.checkout(T0, 5.0)
+    core.checkout(T0, 5.0)
+    in_flight = core.claim_open(T0)
+    assert isinstance(in_flight, Entry)
+    conn = held.conn
+    conns, tickets = core.after_fork()
+    assert set(map(id, conns)) == {id(a.conn), id(b.conn)}
+    assert tickets == [in_flight]
+    assert core.gauges()["size"] == 0
+    core.check_invariants()
+    late = core.checkin(None, conn, CLEAN, T0)
+    assert isinstance(late, Plan)
+    assert late.error is None
+    assert late.close
+    assert core.start(T0).open == 2
+
+
+def test_gc_collected_connections_free_their_slot() -> None:
+    import gc
+
+    core = make_core(min_size=0, max_size=1)
+    core.start(T0)
+    core.checkout(T0, 5.0)
+    entry = open_one(core)
+    entry.conn = None  # handed out: the pool holds it only weakly
+    gc.collect()
+    plan = core.housekeep(T0 + 1)
+    assert core.gauges()["size"] == 0
+    assert core.stats()["connections_leaked"] == 1
+    assert plan.events
+    assert plan.events[0][0] == "leak"
+    core.check_invariants()
+
+
+def test_errors_name_the_pool_and_its_state() -> None:
+    core = make_core(min_size=1, max_size=1, name="orders")
+    fill(core, 1)
+    take(core)
+    plan = core.checkout(T0, 0.0)
+    assert isinstance(plan, Plan)
+    assert isinstance(plan.error, PoolTimeout)
+    err = plan.error
+    assert "'orders'" in str(err)
+    assert "size 1/1" in str(err)
+    assert err.pool_name == "orders"
+    assert err.snapshot["in_use"] == 1
+
+
+def test_invariants_hold_through_a_random_walk() -> None:
+    import random
+
+    rng = random.Random(7)
+    core = make_core(min_size=1, max_size=4, max_lifetime=50.0, max_idle=5.0)
+    core.start(T0)
+    now = T0
+    held: List[Entry] = []
+    waiters: List[Waiter] = []
+    tickets: List[Entry] = []
+    for _ in range(5000):
+        now += rng.random()
+        action = rng.randrange(8)
+        if action == 0:
+            got = core.checkout(now, rng.choice([0.0, 5.0]))
+            if isinstance(got, Entry):
+                held.append(got)
+            elif got.entry is not None:
+                held.append(got.entry)
+            elif got.waiter is not None:
+                waiters.append(got.waiter)
+        elif action == 1 and held:
+            entry = held.pop(rng.randrange(len(held)))
+            out = core.checkin(entry, entry.conn, rng.choice([CLEAN, CLEAN, DIRTY, BROKEN]), now)
+            if isinstance(out, Waiter):
+                assert out.entry is not None
+                held.append(out.entry)
+                waiters.remove(out)
+            elif isinstance(out, Plan):
+                if out.clean is not None:
+                    core.cleaned(out.clean, now, None if rng.random() < 0.8 else "failed")
+                for w in out.wake:
+                    waiters.remove(w)
+                    if w.entry is not None:
+                        held.append(w.entry)
+        elif action == 2:
+            got2 = core.claim_open(now)
+            if isinstance(got2, Entry):
+                tickets.append(got2)
+        elif action == 3 and tickets:
+            ticket = tickets.pop(0)
+            if rng.random() < 0.8:
+                core.connected(ticket, FakeConn(), now)
+                out = core.opened(ticket, (False,), probe, now)
+            else:
+                out = core.open_failed(ticket, OSError("x"), now)
+            for w in out.wake:
+                waiters.remove(w)
+                if w.entry is not None:
+                    held.append(w.entry)
+        elif action == 4 and waiters:
+            w = waiters.pop(0)
+            out = core.give_up(w, now, interrupted=rng.random() < 0.5)
+            if out.entry is not None:
+                held.append(out.entry)
+            for other in out.wake:
+                waiters.remove(other)
+                if other.entry is not None:
+                    held.append(other.entry)
+        elif action == 5:
+            out = core.housekeep(now)
+            for entry, _ in out.poll[:1]:
+                found = core.suspect([(entry, entry.taken_at)], now)
+                for checked in found.check:
+                    core.checked(checked, rng.random() < 0.9, now)
+            for checked in out.check:
+                core.checked(checked, True, now)
+        elif action == 6 and held:
+            entry = held.pop()
+            core.lose(entry, now)
+        core.check_invariants()
+        assert len({id(e) for e in held}) == len(held), "handed out twice"
+        assert not math.isnan(now)
+    assert core.stats()["requests"] > 0
