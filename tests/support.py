@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Dict, Tuple
 
 #: Upper bound for any single wait in the tests; generous for noisy 2-core VMs.
 DEADLINE = 15.0
@@ -19,8 +19,8 @@ def wait_until(predicate: Callable[[], bool], what: str, timeout: float = DEADLI
 
 
 def backend_pid(conn: Any) -> int:
-    """The server process serving ``conn``."""
-    return int(conn.get_backend_pid())
+    """The server process serving ``conn`` (psycopg2 or psycopg 3)."""
+    return int(conn.info.backend_pid)
 
 
 def scalar(conn: Any, query: str, params: Any = None) -> Any:
@@ -41,3 +41,68 @@ def select_one(dsn: str, **connect_kwargs: Any) -> int:
         return int(scalar(conn, "SELECT 1"))
     finally:
         conn.close()
+
+
+class Flavor:
+    """A driver the pool runs on, with what tests need to speak to it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        if name == "psycopg2":
+            import psycopg2
+            import psycopg2.errors
+
+            self.errors: Any = psycopg2.errors
+            self.Error: Any = psycopg2.Error
+            self.OperationalError: Any = psycopg2.OperationalError
+            self.pool_kwargs: Dict[str, Any] = {}
+        else:
+            import psycopg
+
+            self.errors = psycopg.errors
+            self.Error = psycopg.Error
+            self.OperationalError = psycopg.OperationalError
+            self.pool_kwargs = {"connection_class": psycopg.Connection}
+
+    def connect(self, dsn: str) -> Any:
+        """A connection made without the pool."""
+        if self.name == "psycopg2":
+            import psycopg2
+
+            return psycopg2.connect(dsn)
+        import psycopg
+
+        return psycopg.connect(dsn)
+
+    def idle(self, conn: Any) -> bool:
+        """Whether no transaction is open on ``conn``."""
+        if self.name == "psycopg2":
+            return bool(conn.get_transaction_status() == 0)
+        return bool(conn.info.transaction_status == 0)
+
+    def settings(self, conn: Any) -> Tuple[Any, ...]:
+        """autocommit, isolation level, read only, deferrable."""
+        read_only = conn.readonly if self.name == "psycopg2" else conn.read_only
+        return (conn.autocommit, conn.isolation_level, read_only, conn.deferrable)
+
+    def change_settings(self, conn: Any) -> None:
+        """autocommit on, serializable, read only, deferrable."""
+        conn.autocommit = True
+        if self.name == "psycopg2":
+            import psycopg2.extensions
+
+            conn.isolation_level = psycopg2.extensions.ISOLATION_LEVEL_SERIALIZABLE
+            conn.readonly = True
+        else:
+            import psycopg
+
+            conn.isolation_level = psycopg.IsolationLevel.SERIALIZABLE
+            conn.read_only = True
+        conn.deferrable = True
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+#: Every driver ConnectionPool runs on; pool tests run once per flavor.
+FLAVORS = [Flavor("psycopg2"), Flavor("psycopg")]

@@ -1,4 +1,9 @@
-"""ConnectionPool against a real PostgreSQL server started by the test suite."""
+"""ConnectionPool against a real PostgreSQL server started by the test suite.
+
+Every test that takes ``make_pool`` runs twice: on psycopg2 connections and on
+psycopg 3 connections (``connection_class=psycopg.Connection``), with the
+same assertions: the guarantees do not depend on the driver.
+"""
 
 from __future__ import annotations
 
@@ -9,23 +14,24 @@ import threading
 import time
 from typing import Any, Callable, Iterator, List
 
+import psycopg
 import psycopg2
 import psycopg2.extensions
 import pytest
 
 from pgreservoir import ConnectionPool, PoolClosed, PoolError, PoolTimeout, TooManyRequests
 from pgreservoir.testing import PostgresServer
-from support import DEADLINE, backend_pid, scalar, wait_until
+from support import DEADLINE, Flavor, backend_pid, scalar, wait_until
 
 
 @pytest.fixture
-def make_pool(postgres_dsn: str) -> Iterator[Callable[..., ConnectionPool]]:
+def make_pool(postgres_dsn: str, flavor: Flavor) -> Iterator[Callable[..., ConnectionPool]]:
     """Build pools on a fresh database; every pool is closed after the test."""
     pools: List[ConnectionPool] = []
 
     def make(**options: Any) -> ConnectionPool:
         options.setdefault("timeout", DEADLINE)
-        pool = ConnectionPool(postgres_dsn, **options)
+        pool = ConnectionPool(postgres_dsn, **{**flavor.pool_kwargs, **options})
         pools.append(pool)
         return pool
 
@@ -245,11 +251,13 @@ def test_grows_while_waiting_and_shrinks_after_max_idle(
 
 
 def test_slow_connect_does_not_block_others(
-    postgres_server: PostgresServer, postgres_dsn: str
+    postgres_server: PostgresServer, postgres_dsn: str, flavor: Flavor
 ) -> None:
     # A waiter triggers a connect that hangs (postmaster paused); meanwhile
     # another thread returns a connection, which the waiter gets at once.
-    pool = ConnectionPool(postgres_dsn, min_size=1, max_size=2, connect_timeout=30)
+    pool = ConnectionPool(
+        postgres_dsn, min_size=1, max_size=2, connect_timeout=30, **flavor.pool_kwargs
+    )
     try:
         pool.wait(DEADLINE)
         held = pool.getconn()
@@ -304,7 +312,7 @@ def _pid_changed(pool: ConnectionPool, pid: int) -> bool:
 
 
 def test_returned_in_transaction_or_error_is_rolled_back(
-    make_pool: Callable[..., ConnectionPool],
+    make_pool: Callable[..., ConnectionPool], flavor: Flavor
 ) -> None:
     pool = make_pool(min_size=1, max_size=1)
     with pool.connection() as conn, conn.cursor() as cur:
@@ -316,9 +324,9 @@ def test_returned_in_transaction_or_error_is_rolled_back(
     pool.putconn(conn)  # uncommitted
     conn = pool.getconn()
     assert backend_pid(conn) == pid  # kept, not replaced
-    assert conn.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_IDLE
+    assert flavor.idle(conn)
     assert scalar(conn, "SELECT count(*) FROM t") == 0
-    with pytest.raises(psycopg2.errors.DivisionByZero), conn.cursor() as cur:
+    with pytest.raises(flavor.errors.DivisionByZero), conn.cursor() as cur:
         cur.execute("SELECT 1/0")
     pool.putconn(conn)  # in error
     with pool.connection() as conn:
@@ -327,14 +335,14 @@ def test_returned_in_transaction_or_error_is_rolled_back(
 
 
 def test_statement_timeout_cancels_a_query_and_keeps_the_connection(
-    make_pool: Callable[..., ConnectionPool],
+    make_pool: Callable[..., ConnectionPool], flavor: Flavor
 ) -> None:
     # What the README recommends for bounding queries: the server cancels,
     # the connection is rolled back on return and served again, not replaced.
     pool = make_pool(min_size=1, max_size=1, options="-c statement_timeout=200ms")
     conn = pool.getconn()
     pid = backend_pid(conn)
-    with pytest.raises(psycopg2.errors.QueryCanceled), conn.cursor() as cur:
+    with pytest.raises(flavor.errors.QueryCanceled), conn.cursor() as cur:
         cur.execute("SELECT pg_sleep(30)")
     pool.putconn(conn)  # in error: rolled back and kept
     with pool.connection() as conn:
@@ -360,7 +368,10 @@ def test_explicit_begin_in_autocommit_is_rolled_back(
 
 
 def test_broken_and_closed_connections_are_replaced(
-    make_pool: Callable[..., ConnectionPool], postgres_server: PostgresServer, postgres_dsn: str
+    make_pool: Callable[..., ConnectionPool],
+    postgres_server: PostgresServer,
+    postgres_dsn: str,
+    flavor: Flavor,
 ) -> None:
     pool = make_pool(min_size=2, max_size=2)
     pool.wait(DEADLINE)
@@ -370,7 +381,7 @@ def test_broken_and_closed_connections_are_replaced(
     conn = pool.getconn()
     pid = backend_pid(conn)
     postgres_server.terminate_backends(psycopg2.extensions.parse_dsn(postgres_dsn)["dbname"])
-    with pytest.raises(psycopg2.OperationalError):
+    with pytest.raises(flavor.OperationalError):
         scalar(conn, "SELECT 1")
     pool.putconn(conn)  # broken: discarded
     with pool.connection() as new:
@@ -398,17 +409,17 @@ def test_failed_rollback_discards_and_frees_the_slot(
         assert scalar(new, "SELECT 1") == 1
 
 
-def test_session_settings_restored_on_return(make_pool: Callable[..., ConnectionPool]) -> None:
+def test_session_settings_restored_on_return(
+    make_pool: Callable[..., ConnectionPool], flavor: Flavor
+) -> None:
     pool = make_pool(min_size=1, max_size=1)
     conn = pool.getconn()
-    baseline = (conn.autocommit, conn.isolation_level, conn.readonly, conn.deferrable)
-    conn.autocommit = True
-    conn.isolation_level = psycopg2.extensions.ISOLATION_LEVEL_SERIALIZABLE
-    conn.readonly = True
-    conn.deferrable = True
+    baseline = flavor.settings(conn)
+    flavor.change_settings(conn)
+    assert flavor.settings(conn) != baseline
     pool.putconn(conn)
     conn = pool.getconn()
-    assert (conn.autocommit, conn.isolation_level, conn.readonly, conn.deferrable) == baseline
+    assert flavor.settings(conn) == baseline
     assert scalar(conn, "SHOW transaction_isolation") == "read committed"
     assert scalar(conn, "SHOW transaction_read_only") == "off"
     pool.putconn(conn)
@@ -424,18 +435,36 @@ class CountingConnection(psycopg2.extensions.connection):
         super().rollback()
 
 
-def test_clean_return_costs_no_round_trip(make_pool: Callable[..., ConnectionPool]) -> None:
-    pool = make_pool(min_size=1, max_size=1, connection_factory=CountingConnection)
-    CountingConnection.rollbacks = 0
+class CountingConnection3(psycopg.Connection[Any]):
+    """The same for psycopg 3 (a connection_class)."""
+
+    rollbacks = 0
+
+    def rollback(self) -> None:
+        type(self).rollbacks += 1
+        super().rollback()
+
+
+def test_clean_return_costs_no_round_trip(
+    make_pool: Callable[..., ConnectionPool], flavor: Flavor
+) -> None:
+    counting: Any
+    if flavor.name == "psycopg2":
+        counting = CountingConnection
+        pool = make_pool(min_size=1, max_size=1, connection_factory=counting)
+    else:
+        counting = CountingConnection3
+        pool = make_pool(min_size=1, max_size=1, connection_class=counting)
+    counting.rollbacks = 0
     for _ in range(5):
         conn = pool.getconn()
-        assert isinstance(conn, CountingConnection)
+        assert isinstance(conn, counting)
         pool.putconn(conn)
-    assert CountingConnection.rollbacks == 0
+    assert counting.rollbacks == 0
     conn = pool.getconn()
     scalar(conn, "SELECT 1")
     pool.putconn(conn)
-    assert CountingConnection.rollbacks == 1
+    assert counting.rollbacks == 1
 
 
 def test_configure_once_per_connection_and_reset_on_every_return(
@@ -488,13 +517,13 @@ def test_failing_configure_or_reset_discards(make_pool: Callable[..., Connection
 
 
 def test_foreign_and_double_return_raise_and_change_nothing(
-    make_pool: Callable[..., ConnectionPool], postgres_dsn: str
+    make_pool: Callable[..., ConnectionPool], postgres_dsn: str, flavor: Flavor
 ) -> None:
     pool = make_pool(min_size=1, max_size=2)
     other = make_pool(min_size=1, max_size=1)
     conn = pool.getconn()
     before = pool.stats()
-    stray = psycopg2.connect(postgres_dsn)
+    stray = flavor.connect(postgres_dsn)
     try:
         with pytest.raises(PoolError, match="not handed out by this pool"):
             pool.putconn(stray)
@@ -533,9 +562,11 @@ def test_terminated_idle_backend_is_never_handed_out(
     assert pool.stats()["connections_lost"] == 2
 
 
-def test_server_restart_is_invisible_to_callers(postgres_dsn: str) -> None:
+def test_server_restart_is_invisible_to_callers(flavor: Flavor) -> None:
     with PostgresServer() as server:
-        pool = ConnectionPool(server.dsn, min_size=3, max_size=3, timeout=DEADLINE)
+        pool = ConnectionPool(
+            server.dsn, min_size=3, max_size=3, timeout=DEADLINE, **flavor.pool_kwargs
+        )
         try:
             pool.wait(DEADLINE)
             server.restart(mode="fast")
@@ -598,7 +629,7 @@ def _query_running(server: PostgresServer, pid: int) -> bool:
 
 
 def test_close_interrupts_a_query_in_progress_when_forced(
-    make_pool: Callable[..., ConnectionPool], postgres_server: PostgresServer
+    make_pool: Callable[..., ConnectionPool], postgres_server: PostgresServer, flavor: Flavor
 ) -> None:
     pool = make_pool(min_size=1, max_size=1)
     conn = pool.getconn()
@@ -610,7 +641,7 @@ def test_close_interrupts_a_query_in_progress_when_forced(
     pool.close(timeout=0.2)
     runner.join(DEADLINE)
     assert not runner.is_alive()
-    assert isinstance(outcome[0], psycopg2.Error)
+    assert isinstance(outcome[0], flavor.Error)
     assert conn.closed
 
 

@@ -9,13 +9,11 @@ import threading
 import time
 from typing import Any, Iterator, List
 
-import psycopg2
-import psycopg2.extensions
 import pytest
 
 from pgreservoir import ConnectionPool, PoolTimeout
 from pgreservoir.testing import PostgresServer
-from support import DEADLINE, backend_pid, scalar, wait_until
+from support import DEADLINE, Flavor, backend_pid, scalar, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +37,14 @@ def running(server: PostgresServer) -> Iterator[PostgresServer]:
         server.start()
 
 
-def test_reconnects_with_backoff_and_recovers(running: PostgresServer) -> None:
-    pool = ConnectionPool(running.dsn, min_size=2, max_size=4, timeout=DEADLINE)
+def test_reconnects_with_backoff_and_recovers(running: PostgresServer, flavor: Flavor) -> None:
+    pool = ConnectionPool(
+        running.dsn,
+        **flavor.pool_kwargs,
+        min_size=2,
+        max_size=4,
+        timeout=DEADLINE,
+    )
     try:
         pool.wait(DEADLINE)
         running.stop(mode="immediate")
@@ -79,28 +83,35 @@ def _expect_timeout(pool: ConnectionPool, timeout: float, out: List[BaseExceptio
         out.append(exc)
 
 
-def test_timeout_carries_the_connect_error(running: PostgresServer) -> None:
+def test_timeout_carries_the_connect_error(running: PostgresServer, flavor: Flavor) -> None:
     running.stop(mode="fast")
-    pool = ConnectionPool(running.dsn, min_size=1, max_size=2)
+    pool = ConnectionPool(running.dsn, **flavor.pool_kwargs, min_size=1, max_size=2)
     try:
         with pytest.raises(PoolTimeout, match="Connection refused") as info:
             pool.getconn(timeout=1.0)
-        assert isinstance(info.value.__cause__, psycopg2.OperationalError)
+        assert isinstance(info.value.__cause__, flavor.OperationalError)
         assert "connecting is failing" in str(info.value)
     finally:
         pool.close(0)
 
 
-def test_fail_fast_while_the_server_is_unreachable(running: PostgresServer) -> None:
+def test_fail_fast_while_the_server_is_unreachable(running: PostgresServer, flavor: Flavor) -> None:
     running.stop(mode="fast")
-    pool = ConnectionPool(running.dsn, min_size=1, max_size=2, fail_fast=True, timeout=60)
+    pool = ConnectionPool(
+        running.dsn,
+        **flavor.pool_kwargs,
+        min_size=1,
+        max_size=2,
+        fail_fast=True,
+        timeout=60,
+    )
     try:
         wait_until(lambda: pool.stats()["connect_errors"] >= 1, "a failed connect")
         start = time.monotonic()
         with pytest.raises(PoolTimeout, match="Connection refused") as info:
             pool.getconn()  # would wait 60 s without fail_fast
         assert time.monotonic() - start < 30
-        assert isinstance(info.value.__cause__, psycopg2.OperationalError)
+        assert isinstance(info.value.__cause__, flavor.OperationalError)
         running.start()
         wait_until(lambda: _serves(pool), "recovery")
     finally:
@@ -115,11 +126,17 @@ def _serves(pool: ConnectionPool) -> bool:
         return False
 
 
-def test_reconnect_failed_called_once_with_the_pool(running: PostgresServer) -> None:
+def test_reconnect_failed_called_once_with_the_pool(
+    running: PostgresServer, flavor: Flavor
+) -> None:
     running.stop(mode="fast")
     called: List[Any] = []
     pool = ConnectionPool(
-        running.dsn, min_size=1, reconnect_timeout=0.3, reconnect_failed=called.append
+        running.dsn,
+        min_size=1,
+        reconnect_timeout=0.3,
+        reconnect_failed=called.append,
+        **flavor.pool_kwargs,
     )
     try:
         wait_until(lambda: len(called) >= 1, "the give-up callback")
@@ -131,9 +148,15 @@ def test_reconnect_failed_called_once_with_the_pool(running: PostgresServer) -> 
 
 
 def test_connect_hanging_on_a_paused_server_does_not_hold_callers(
-    running: PostgresServer,
+    running: PostgresServer, flavor: Flavor
 ) -> None:
-    pool = ConnectionPool(running.dsn, min_size=0, max_size=2, connect_timeout=1)
+    pool = ConnectionPool(
+        running.dsn,
+        **flavor.pool_kwargs,
+        min_size=0,
+        max_size=2,
+        connect_timeout=1,
+    )
     try:
         running.pause()
         start = time.monotonic()
@@ -148,8 +171,16 @@ def test_connect_hanging_on_a_paused_server_does_not_hold_callers(
         pool.close(0)
 
 
-def test_disconnect_error_discards_and_checks_siblings(running: PostgresServer) -> None:
-    pool = ConnectionPool(running.dsn, min_size=3, max_size=3, check_idle_after=None)
+def test_disconnect_error_discards_and_checks_siblings(
+    running: PostgresServer, flavor: Flavor
+) -> None:
+    pool = ConnectionPool(
+        running.dsn,
+        **flavor.pool_kwargs,
+        min_size=3,
+        max_size=3,
+        check_idle_after=None,
+    )
     try:
         pool.wait(DEADLINE)
         conn = pool.getconn()
@@ -174,7 +205,7 @@ def test_disconnect_error_discards_and_checks_siblings(running: PostgresServer) 
                 running.terminate_backends()
                 scalar(conn, "SELECT 1")
 
-        with pytest.raises(psycopg2.OperationalError):
+        with pytest.raises(flavor.OperationalError):
             killed_mid_use()
         assert taken[0].closed
         assert pool.stats()["connections_lost"] >= 3
@@ -184,17 +215,17 @@ def test_disconnect_error_discards_and_checks_siblings(running: PostgresServer) 
         pool.close(0)
 
 
-def test_is_disconnect_classification(running: PostgresServer) -> None:
-    pool = ConnectionPool(running.dsn, min_size=1)
+def test_is_disconnect_classification(running: PostgresServer, flavor: Flavor) -> None:
+    pool = ConnectionPool(running.dsn, **flavor.pool_kwargs, min_size=1)
     try:
         driver = pool._shell.driver
         with pool.connection() as conn:
-            with pytest.raises(psycopg2.Error) as syntax:
+            with pytest.raises(flavor.Error) as syntax:
                 scalar(conn, "SELEC 1")
             assert not driver.is_disconnect(syntax.value, conn)
             conn.rollback()
             running.terminate_backends()
-            with pytest.raises(psycopg2.OperationalError) as lost:
+            with pytest.raises(flavor.OperationalError) as lost:
                 scalar(conn, "SELECT 1")
             assert driver.is_disconnect(lost.value, conn)
         assert not driver.is_disconnect(ValueError("x"), None)
@@ -203,10 +234,16 @@ def test_is_disconnect_classification(running: PostgresServer) -> None:
 
 
 def test_leak_reported_with_stack_and_on_return(
-    running: PostgresServer, caplog: pytest.LogCaptureFixture
+    running: PostgresServer, caplog: pytest.LogCaptureFixture, flavor: Flavor
 ) -> None:
     caplog.set_level(logging.WARNING, logger="pgreservoir")
-    pool = ConnectionPool(running.dsn, min_size=1, leak_threshold=0.2, name="leaky")
+    pool = ConnectionPool(
+        running.dsn,
+        **flavor.pool_kwargs,
+        min_size=1,
+        leak_threshold=0.2,
+        name="leaky",
+    )
     try:
         conn = pool.getconn()  # this line should appear in the report
         wait_until(lambda: pool.stats()["connections_leaked"] == 1, "the leak report")
@@ -222,10 +259,16 @@ def test_leak_reported_with_stack_and_on_return(
 
 
 def test_garbage_collected_connection_frees_its_slot(
-    running: PostgresServer, caplog: pytest.LogCaptureFixture
+    running: PostgresServer, caplog: pytest.LogCaptureFixture, flavor: Flavor
 ) -> None:
     caplog.set_level(logging.WARNING, logger="pgreservoir")
-    pool = ConnectionPool(running.dsn, min_size=1, max_size=1, leak_threshold=60)
+    pool = ConnectionPool(
+        running.dsn,
+        **flavor.pool_kwargs,
+        min_size=1,
+        max_size=1,
+        leak_threshold=60,
+    )
 
     def take_and_forget() -> None:
         conn = pool.getconn()
@@ -247,9 +290,15 @@ def test_garbage_collected_connection_frees_its_slot(
 
 
 def test_background_check_replaces_idle_connections_killed_server_side(
-    running: PostgresServer,
+    running: PostgresServer, flavor: Flavor
 ) -> None:
-    pool = ConnectionPool(running.dsn, min_size=2, max_size=2, check_idle_interval=0.2)
+    pool = ConnectionPool(
+        running.dsn,
+        **flavor.pool_kwargs,
+        min_size=2,
+        max_size=2,
+        check_idle_interval=0.2,
+    )
     try:
         pool.wait(DEADLINE)
         old = set(running.backend_pids())
@@ -265,9 +314,9 @@ def test_background_check_replaces_idle_connections_killed_server_side(
 
 
 def test_fork_child_opens_its_own_connections_parent_unaffected(
-    running: PostgresServer,
+    running: PostgresServer, flavor: Flavor
 ) -> None:
-    pool = ConnectionPool(running.dsn, min_size=2, max_size=2)
+    pool = ConnectionPool(running.dsn, **flavor.pool_kwargs, min_size=2, max_size=2)
     try:
         pool.wait(DEADLINE)
         held = pool.getconn()  # in use across the fork
@@ -304,10 +353,10 @@ def test_fork_child_opens_its_own_connections_parent_unaffected(
         pool.close(0)
 
 
-def test_fork_via_multiprocessing(running: PostgresServer) -> None:
+def test_fork_via_multiprocessing(running: PostgresServer, flavor: Flavor) -> None:
     import multiprocessing
 
-    pool = ConnectionPool(running.dsn, min_size=1, max_size=2, name="forked")
+    pool = ConnectionPool(running.dsn, **flavor.pool_kwargs, min_size=1, max_size=2, name="forked")
     try:
         pool.wait(DEADLINE)
         _FORK_POOL[:] = [pool]  # inherited by the forked workers, not pickled
