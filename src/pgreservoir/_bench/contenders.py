@@ -34,6 +34,7 @@ import psycopg2.pool
 
 __all__ = [
     "CONTENDERS",
+    "DEDICATED",
     "PSYCOPG2_RETRY_DELAY",
     "Contender",
     "Session",
@@ -73,6 +74,15 @@ class Target:
     def psycopg2_connect(self) -> Any:
         """A new autocommit psycopg2 connection tagged with the run's name."""
         return psycopg2.connect(self.dsn, **self.psycopg2_kwargs())
+
+    def psycopg_kwargs(self) -> Dict[str, Any]:
+        """Keyword arguments for psycopg 3's ``connect()`` (autocommit, tagged)."""
+        return {"autocommit": True, "application_name": self.application_name}
+
+    def psycopg_connect(self) -> Any:
+        """A new autocommit psycopg 3 connection tagged with the run's name."""
+        psycopg: Any = importlib.import_module("psycopg")
+        return psycopg.connect(self.dsn, **self.psycopg_kwargs())
 
 
 @dataclass
@@ -117,6 +127,9 @@ class Contender:
     note: str = ""
     # One connection per worker thread (dedicated): opened with min(size, threads).
     per_thread: bool = False
+    # The driver of its connections; ratios to dedicated use the dedicated
+    # reference of the same driver (DEDICATED).
+    driver: str = "psycopg2"
 
     def missing(self) -> Optional[str]:
         """None when it can run here, else what to install."""
@@ -193,6 +206,23 @@ def _open_pgreservoir(target: Target, size: int) -> Session:
     return Session(pool.getconn, pool.putconn, pool.close, warm=size)
 
 
+def _open_pgreservoir_psycopg(target: Target, size: int) -> Session:
+    from ..connection_pool import ConnectionPool
+
+    psycopg: Any = importlib.import_module("psycopg")
+    pool = ConnectionPool(
+        target.dsn,
+        min_size=size,
+        max_size=size,
+        timeout=ACQUIRE_TIMEOUT,
+        name="bench-psycopg",
+        connection_class=psycopg.Connection,
+        **target.psycopg_kwargs(),
+    )
+    pool.wait(ACQUIRE_TIMEOUT)
+    return Session(pool.getconn, pool.putconn, pool.close, warm=size)
+
+
 def _open_pgreservoir_threaded(target: Target, size: int) -> Session:
     # The psycopg2.pool drop-in with its waiting switched on: by default it
     # raises "connection pool exhausted" at once, as psycopg2 does; with
@@ -244,7 +274,7 @@ def _open_psycopg_pool(target: Target, size: int) -> Session:
         min_size=size,
         max_size=size,
         timeout=ACQUIRE_TIMEOUT,
-        kwargs={"autocommit": True, "application_name": target.application_name},
+        kwargs=target.psycopg_kwargs(),
         name="bench",
         open=True,
     )
@@ -291,13 +321,21 @@ def _open_unpooled(target: Target, size: int) -> Session:
 
 
 def _open_dedicated(target: Target, size: int) -> Session:
+    return _dedicated(target.psycopg2_connect, size)
+
+
+def _open_dedicated_psycopg(target: Target, size: int) -> Session:
+    return _dedicated(target.psycopg_connect, size)
+
+
+def _dedicated(connect: Callable[[], Any], size: int) -> Session:
     # One private connection per thread and `size` threads: the throughput
     # limit of `size` connections. acquire/release are C callables that cost
     # next to nothing, so "time above dedicated" is the pool's whole cost.
     conns: List[Any] = []
     try:
         for _ in range(size):
-            conns.append(target.psycopg2_connect())
+            conns.append(connect())
     except BaseException:
         for conn in conns:
             conn.close()
@@ -324,6 +362,15 @@ CONTENDERS: Tuple[Contender, ...] = (
         "pgreservoir.ConnectionPool (getconn/putconn), health checks on",
     ),
     Contender(
+        "pgreservoir-psycopg",
+        "pgreservoir (psycopg 3)",
+        "pgreservoir",
+        ("psycopg",),
+        _open_pgreservoir_psycopg,
+        "pgreservoir.ConnectionPool(connection_class=psycopg.Connection), health checks on",
+        driver="psycopg",
+    ),
+    Contender(
         "pgreservoir-threaded",
         "pgreservoir.pool",
         "pgreservoir",
@@ -348,6 +395,7 @@ CONTENDERS: Tuple[Contender, ...] = (
         ("psycopg_pool",),
         _open_psycopg_pool,
         "psycopg_pool.ConnectionPool (psycopg 3)",
+        driver="psycopg",
     ),
     Contender(
         "sqlalchemy",
@@ -382,7 +430,20 @@ CONTENDERS: Tuple[Contender, ...] = (
         "reference: one private connection per thread, as many threads as connections",
         per_thread=True,
     ),
+    Contender(
+        "dedicated-psycopg",
+        "dedicated (psycopg 3)",
+        "reference",
+        ("psycopg",),
+        _open_dedicated_psycopg,
+        "reference: the same with psycopg 3 connections (the psycopg 3 pools' limit)",
+        per_thread=True,
+        driver="psycopg",
+    ),
 )
+
+#: The dedicated reference of each driver: what "x ded" is measured against.
+DEDICATED = {"psycopg2": "dedicated", "psycopg": "dedicated-psycopg"}
 
 
 def contender_versions() -> Dict[str, str]:

@@ -171,9 +171,11 @@ def _find(results: Sequence[ScenarioResult], workload: str) -> Optional[Scenario
     return None
 
 
-def _ours(scenario: ScenarioResult) -> List[Summary]:
+def _ours(scenario: ScenarioResult, driver: str = "psycopg2") -> List[Summary]:
     return [
-        s for s in scenario.summaries if s.contender.kind == "pgreservoir" and s.failed is None
+        s
+        for s in scenario.summaries
+        if s.contender.kind == "pgreservoir" and s.contender.driver == driver and s.failed is None
     ]
 
 
@@ -198,6 +200,7 @@ def check_targets(
     checks += _check_overhead(_find(results, "overhead"))
     checks += _check_transaction(_find(results, "transaction"))
     checks += _check_select(_find(results, "select"))
+    checks += _check_psycopg(results)
     for result in memory or ():
         checks.append(
             TargetCheck(
@@ -307,6 +310,45 @@ def _check_select(scenario: Optional[ScenarioResult]) -> List[TargetCheck]:
             checks.append(TargetCheck(
                 f"{where}: {name} >= 2x psycopg_pool's throughput",
                 "psycopg_pool did not run (pip install psycopg-pool 'psycopg[binary]')", None))
+    return checks
+
+
+def _check_psycopg(results: Sequence[ScenarioResult]) -> List[TargetCheck]:
+    """pgreservoir on psycopg 3 against psycopg_pool, each against dedicated psycopg 3."""
+    checks: List[TargetCheck] = []
+    for scenario in results:
+        psycopg_pool = scenario.get("psycopg_pool")
+        workload = scenario.scenario.workload.key
+        if workload == "checkout":
+            continue
+        for ours in _ours(scenario, "psycopg"):
+            name = ours.contender.label
+            if psycopg_pool is None:
+                checks.append(TargetCheck(f"{workload}: {name} vs psycopg_pool",
+                                          "psycopg_pool did not run", None))
+                continue
+            if workload == "overhead":
+                if ours.overhead_us is None or psycopg_pool.overhead_us is None:
+                    checks.append(TargetCheck(f"overhead, 1 thread: {name} below psycopg_pool's",
+                                              "needs the dedicated-psycopg contender", None))
+                    continue
+                checks.append(TargetCheck(
+                    f"overhead, 1 thread: {name} below psycopg_pool's",
+                    f"{ours.overhead_us:.2f} us vs {psycopg_pool.overhead_us:.2f} us per get+put"
+                    f" = {ours.overhead_us / psycopg_pool.overhead_us:.2f}x",
+                    ours.overhead_us < psycopg_pool.overhead_us))
+                continue
+            where = f"{workload}, {_shape(scenario)}"
+            ratio = ours.ops_per_s / psycopg_pool.ops_per_s if psycopg_pool.ops_per_s else math.inf
+            to_dedicated = (
+                f", {ours.ratio_to_dedicated:.3f}x dedicated psycopg 3"
+                if ours.ratio_to_dedicated is not None else ""
+            )
+            checks.append(TargetCheck(
+                f"{where}: {name} faster than psycopg_pool, fairness >= {FAIRNESS_TARGET}",
+                f"{ours.ops_per_s:,.0f} vs {psycopg_pool.ops_per_s:,.0f} ops/s = {ratio:.2f}x"
+                f"{to_dedicated} (fairness {ours.fairness:.2f})",
+                ratio > 1.0 and ours.fairness >= FAIRNESS_TARGET))
     return checks
 
 

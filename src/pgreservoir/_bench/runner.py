@@ -42,7 +42,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import psycopg2
 
-from .contenders import Contender, Target
+from .contenders import DEDICATED, Contender, Target
 
 __all__ = [
     "SAMPLE_INTERVAL",
@@ -627,14 +627,17 @@ def run_suite(
                     except Exception as exc:
                         run = RunResult(contender.key, round_no, 0, failed=_describe(exc))
                     runs[contender.key].append(run)
-            dedicated_runs = runs.get("dedicated")
-            dedicated = None
-            if dedicated_runs:
-                dedicated = summarize(_contender_by_key(contenders, "dedicated"),
-                                      dedicated_runs, None)
-                if dedicated.failed is not None:
-                    dedicated = None
-            summaries = [summarize(c, runs[c.key], dedicated) for c in contenders]
+            # Each contender is compared with the dedicated reference of its driver.
+            references: Dict[str, Optional[Summary]] = {}
+            for driver, key in DEDICATED.items():
+                reference = None
+                if runs.get(key):
+                    reference = summarize(_contender_by_key(contenders, key), runs[key], None)
+                    if reference.failed is not None:
+                        reference = None
+                references[driver] = reference
+            summaries = [summarize(c, runs[c.key], references.get(c.driver))
+                         for c in contenders]
             results.append(ScenarioResult(scenario, summaries))
     finally:
         if sampler is not None:

@@ -168,6 +168,7 @@ class Core:
         self._collected: List[int] = []
         # Connecting: failure run, backoff, fail-fast probe.
         self._last_error: Optional[BaseException] = None
+        self._last_detail = ""  # its text, as the shell described it (secrets masked)
         self._failing = False
         self._failing_since = 0.0
         self._attempts = 0  # consecutive failed connects
@@ -550,6 +551,11 @@ class Core:
             plan.close.append(ticket)
             return plan
         self._end_open(ticket)
+        if self._collected:
+            # A connection handed out and then garbage-collected may have left
+            # its entry under the id this new connection now has: free that
+            # slot before the new entry can take the key.
+            self._reap_collected(now, plan)
         self._opened += 1
         if self._failing:
             plan.events.append(
@@ -581,8 +587,14 @@ class Core:
         self._maybe_open(now, plan)
         return plan
 
-    def open_failed(self, ticket: Entry, error: BaseException, now: float) -> Plan:
-        """The connect (or configure, or the first check) of ``ticket`` failed."""
+    def open_failed(
+        self, ticket: Entry, error: BaseException, now: float, detail: Optional[str] = None
+    ) -> Plan:
+        """The connect (or configure, or the first check) of ``ticket`` failed.
+
+        ``detail`` is the error as text for logs and messages (the shell masks
+        secrets in it); by default ``TypeName: message``.
+        """
         plan = Plan()
         if ticket.conn is not None:
             plan.close.append(ticket)
@@ -592,7 +604,10 @@ class Core:
         ticket.state = _CLOSED
         self._size -= 1
         self._connect_errors += 1
+        if detail is None:
+            detail = f"{type(error).__name__}: {' '.join(str(error).split()) or '(no message)'}"
         self._last_error = error
+        self._last_detail = detail
         self._attempts += 1
         if not self._failing:
             self._failing = True
@@ -600,8 +615,7 @@ class Core:
         delay = min(BACKOFF_MAX, BACKOFF_INITIAL * 2.0 ** (self._attempts - 1))
         self._next_attempt_at = now + delay * (0.8 + 0.4 * self._random())
         if not ticket.inline:
-            text = " ".join(str(error).split()) or "(no message)"
-            plan.events.append(("connect_error", f"{type(error).__name__}: {text}"))
+            plan.events.append(("connect_error", detail))
         if self._fail_fast:
             # Everybody waiting gets the error now; keep one attempt going.
             while self._waiters:
@@ -990,8 +1004,7 @@ class Core:
         )
         cause = self._last_error if self._failing else None
         if cause is not None:
-            text = " ".join(str(cause).split())
-            what += f"; connecting is failing: {type(cause).__name__}: {text}"
+            what += f"; connecting is failing: {self._last_detail}"
         return self._error(PoolTimeout, what, cause=cause)
 
     def __repr__(self) -> str:

@@ -432,8 +432,7 @@ class SyncPool:
         try:
             conn = self.driver.connect()
         except BaseException as exc:
-            with self._lock:
-                return self.core.open_failed(ticket, exc, self._clock()), exc
+            return self._open_failed(ticket, exc), exc
         with self._lock:
             plan = self.core.connected(ticket, conn, self._clock())
         if plan.close:  # the pool closed meanwhile: do nothing more for it
@@ -450,8 +449,7 @@ class SyncPool:
             baseline = self.driver.snapshot(conn)
             probe = self.driver.probe(conn)
         except BaseException as exc:
-            with self._lock:
-                return self.core.open_failed(ticket, exc, self._clock()), exc
+            return self._open_failed(ticket, exc), exc
         # A backend terminated while our connect was finishing must not go to
         # a waiter: check the new socket as every hand-out does.
         try:
@@ -464,16 +462,18 @@ class SyncPool:
                 f"pool {self.name!r}: a new connection was closed by the server right "
                 "after it was opened"
             )
-            with self._lock:
-                return self.core.open_failed(ticket, error, self._clock()), error
+            return self._open_failed(ticket, error), error
         with self._lock:
             return self.core.opened(ticket, baseline, probe, self._clock()), None
 
+    def _open_failed(self, ticket: Entry, exc: BaseException) -> Plan:
+        detail = self._describe_error(exc)
+        with self._lock:
+            return self.core.open_failed(ticket, exc, self._clock(), detail)
+
     def fail_open(self, ticket: Entry, exc: BaseException) -> None:
         """A ticket could not even be attempted (no thread to open it)."""
-        with self._lock:
-            plan = self.core.open_failed(ticket, exc, self._clock())
-        self.carry_out(plan)
+        self.carry_out(self._open_failed(ticket, exc))
 
     def open_in_background(self, ticket: Entry) -> None:
         """A worker thread's job: open ``ticket`` and place the connection."""

@@ -71,9 +71,16 @@ def shutdown_fd(fd: int) -> None:
 def open_fds() -> Optional[FrozenSet[int]]:
     """The descriptors open in this process now (Linux), else None."""
     try:
-        return frozenset(int(name) for name in os.listdir("/proc/self/fd"))
+        listed = {int(name) for name in os.listdir("/proc/self/fd")}
+        # The listing includes the descriptor listdir() itself used, closed
+        # since: the lowest free number now. Left in, a socket opened next
+        # would get that number and pass for one that was already there.
+        free = os.open(os.devnull, os.O_RDONLY)
+        os.close(free)
     except (OSError, ValueError):
         return None
+    listed.discard(free)
+    return frozenset(listed)
 
 
 def stray_sockets(before: FrozenSet[int], ports: Iterable[int]) -> List[int]:
