@@ -373,3 +373,60 @@ def test_pytest_fixture_teardown_survives_leaked_connection(
     with leaked.cursor() as cur:
         cur.execute("SELECT 1")
     assert postgres_server.running
+
+
+# ---------------------------------------------------------------------------
+# What pgreservoir.testing does to the machine is said, not silent (issue 9)
+# ---------------------------------------------------------------------------
+
+
+def test_creating_the_server_account_is_logged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # As root with neither 'postgres' nor 'pgreservoir': the account is
+    # created. Simulated (useradd is not run), so the machine is untouched.
+    created: list[list[str]] = []
+    account = pgtesting._Account("pgreservoir", 990, 990)
+
+    def lookup(name: str) -> object:
+        return account if created and name == "pgreservoir" else None
+
+    def run(command: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        created.append(command)
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(pgtesting, "_lookup_account", lookup)
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/sbin/{name}")
+    monkeypatch.setattr(subprocess, "run", run)
+    caplog.set_level("INFO", logger="pgreservoir.testing")
+    assert pgtesting._server_account() is account
+    assert created[0][0] == "useradd"
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert "created the system account 'pgreservoir'" in warnings[0].getMessage()
+    assert "userdel pgreservoir" in warnings[0].getMessage()
+
+
+def test_copying_the_binaries_to_the_cache_is_logged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A stand-in installation (three executables) the cache copy is made of.
+    bindir = tmp_path / "pkg" / "prefix" / "bin"
+    bindir.mkdir(parents=True)
+    for name in ("postgres", "initdb", "pg_ctl"):
+        program = bindir / name
+        program.write_text("#!/bin/sh\n")
+        program.chmod(0o755)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setattr(pgtesting, "_temp_root", lambda account: str(cache))
+    caplog.set_level("INFO", logger="pgreservoir.testing")
+    target = pgtesting._relocate_install(str(bindir), None)
+    assert target.startswith(str(cache))
+    assert pgtesting._has_server_programs(target)
+    messages = [r.getMessage() for r in caplog.records if r.name == "pgreservoir.testing"]
+    assert any("copying the PostgreSQL binaries" in m and str(cache) in m for m in messages)
+    caplog.clear()
+    assert pgtesting._relocate_install(str(bindir), None) == target  # reused: no copy
+    assert not [r for r in caplog.records if "copying" in r.getMessage()]

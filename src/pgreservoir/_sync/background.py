@@ -56,13 +56,18 @@ class Maintainer:
         if thread is not None and not thread.is_alive() and not self._stopping:
             self.start()
 
-    def stop(self) -> None:
-        """Stop the thread; wait briefly for it, unless called from it."""
+    def stop(self, wait: float) -> None:
+        """Stop the thread; wait up to ``wait`` seconds for it, unless called from it.
+
+        It is between two steps almost always; a step in progress (a
+        keepalive ping, a user callback) ends by itself: close() interrupts
+        the pool's round trips.
+        """
         self._stopping = True
         self._wake.set()
         thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(1.0)
+        if thread is not None and thread is not threading.current_thread() and wait > 0:
+            thread.join(wait)
 
     @property
     def alive(self) -> bool:

@@ -627,7 +627,8 @@ class SyncPool:
                 self._watchers -= 1
             plan = self.core.abandon(self._clock())
         self.carry_out(plan)
-        self._maintainer.stop()
+        # A moment for the thread to end (it is between two steps almost always).
+        self._maintainer.stop(min(1.0, max(0.05, deadline - self._clock())))
 
     def mark_suspect(self) -> None:
         """A caller saw a disconnect error: idle connections get a round trip before use."""
