@@ -190,34 +190,24 @@ class _Counter:
 # ---------------------------------------------------------------------------
 
 
-def _open_pgreservoir(target: Target, size: int) -> Session:
+def _open_pgreservoir(target: Target, size: int, *, psycopg3: bool = False) -> Session:
     from ..connection_pool import ConnectionPool
 
+    if psycopg3:
+        psycopg: Any = importlib.import_module("psycopg")
+        connect: Dict[str, Any] = {
+            "connection_class": psycopg.Connection, **target.psycopg_kwargs()
+        }
+    else:
+        connect = target.psycopg2_kwargs()
     # Health and lifetime checks stay at their defaults (on), as the targets say.
     pool = ConnectionPool(
         target.dsn,
         min_size=size,
         max_size=size,
         timeout=ACQUIRE_TIMEOUT,
-        name="bench",
-        **target.psycopg2_kwargs(),
-    )
-    pool.wait(ACQUIRE_TIMEOUT)
-    return Session(pool.getconn, pool.putconn, pool.close, warm=size)
-
-
-def _open_pgreservoir_psycopg(target: Target, size: int) -> Session:
-    from ..connection_pool import ConnectionPool
-
-    psycopg: Any = importlib.import_module("psycopg")
-    pool = ConnectionPool(
-        target.dsn,
-        min_size=size,
-        max_size=size,
-        timeout=ACQUIRE_TIMEOUT,
-        name="bench-psycopg",
-        connection_class=psycopg.Connection,
-        **target.psycopg_kwargs(),
+        name="bench-psycopg" if psycopg3 else "bench",
+        **connect,
     )
     pool.wait(ACQUIRE_TIMEOUT)
     return Session(pool.getconn, pool.putconn, pool.close, warm=size)
@@ -366,7 +356,7 @@ CONTENDERS: Tuple[Contender, ...] = (
         "pgreservoir (psycopg 3)",
         "pgreservoir",
         ("psycopg",),
-        _open_pgreservoir_psycopg,
+        functools.partial(_open_pgreservoir, psycopg3=True),
         "pgreservoir.ConnectionPool(connection_class=psycopg.Connection), health checks on",
         driver="psycopg",
     ),

@@ -331,11 +331,12 @@ class SyncPool:
         entry = self._entry_of(id(conn))
         if entry is None or entry.ref() is not conn:
             entry, verdict = None, BROKEN
-        elif close:
-            verdict = CLOSE
         else:
             verdict = self._verdict(conn, entry.baseline)
-            if verdict == CLEAN and self._reset is not None:
+            if close:
+                # A broken one is a lost one (counted; its siblings get checked).
+                verdict = BROKEN if verdict == BROKEN else CLOSE
+            elif verdict == CLEAN and self._reset is not None:
                 verdict = DIRTY
         lock = self._lock
         lock.acquire()

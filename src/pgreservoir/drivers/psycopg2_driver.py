@@ -7,8 +7,8 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 from .._core import BROKEN, CLEAN, DIRTY
 from . import check_rows
-from ._conninfo import mask_dsn, parse_error, redact, secrets_of, server_ports
-from ._sockets import Probe, make_probe, shutdown_fd
+from ._base import DriverBase, is_lost_sqlstate
+from ._sockets import Probe
 
 __all__ = ["Psycopg2Driver"]
 
@@ -29,10 +29,12 @@ def _import_psycopg2() -> Any:
     return psycopg2
 
 
-class Psycopg2Driver:
+class Psycopg2Driver(DriverBase):
     """psycopg2 connections, opened with ``psycopg2.connect(dsn, *args, **kwargs)``."""
 
-    __slots__ = ("_args", "_dsn", "_kwargs", "_masked", "_psycopg2", "_secrets", "server_ports")
+    __slots__ = ("_args", "_dsn", "_kwargs", "_psycopg2")
+
+    SETTINGS = ("autocommit", "isolation_level", "readonly", "deferrable")
 
     def __init__(
         self,
@@ -64,11 +66,7 @@ class Psycopg2Driver:
             )
         except psycopg2.ProgrammingError as exc:
             # From here on nothing may quote the DSN: it may hold a password.
-            raise ValueError(
-                f"invalid connection options: {parse_error(str(exc), dsn)}; pass libpq "
-                "keywords (host, port, dbname, user, password, connect_timeout, ...) "
-                "or a valid DSN"
-            ) from None
+            raise self._invalid(str(exc), dsn) from None
         for key, value in (defaults or {}).items():
             if key not in merged:
                 kwargs[key] = value
@@ -76,9 +74,7 @@ class Psycopg2Driver:
         self._dsn = dsn
         self._args = args
         self._kwargs = kwargs
-        self._masked = mask_dsn(merged)
-        self._secrets = secrets_of(merged)
-        self.server_ports = server_ports(merged)
+        self._adopt_options(merged)
 
     # -- opening and closing -------------------------------------------------
 
@@ -108,23 +104,13 @@ class Psycopg2Driver:
         self.interrupt(conn)
         self.close(conn)
 
-    def interrupt(self, conn: Any) -> None:
-        with contextlib.suppress(Exception):
-            shutdown_fd(conn.fileno())
-
     def fileno(self, conn: Any) -> int:
         return int(conn.fileno())
-
-    def probe(self, conn: Any) -> Probe:
-        return make_probe(conn.fileno())
 
     def adopt(self, conn: Any, owner: Any) -> None:
         pass  # psycopg2 connections do not know about pools
 
     # -- check-in ------------------------------------------------------------
-
-    def snapshot(self, conn: Any) -> Any:
-        return (conn.autocommit, conn.isolation_level, conn.readonly, conn.deferrable)
 
     def verdict(self, conn: Any, baseline: Any) -> int:
         if conn.closed:
@@ -152,15 +138,7 @@ class Psycopg2Driver:
                 # no-op there, so end the server-side transaction ourselves.
                 with conn.cursor() as cur:
                     cur.execute("ROLLBACK")
-        # All four are client-side in psycopg2 >= 2.7: no round trip.
-        if conn.autocommit is not baseline[0]:
-            conn.autocommit = baseline[0]
-        if conn.isolation_level != baseline[1]:
-            conn.isolation_level = baseline[1]
-        if conn.readonly is not baseline[2]:
-            conn.readonly = baseline[2]
-        if conn.deferrable is not baseline[3]:
-            conn.deferrable = baseline[3]
+        self._restore(conn, baseline)
         if conn.closed or conn.get_transaction_status() != 0:
             raise self._psycopg2.InterfaceError("connection not idle after rollback")
 
@@ -196,26 +174,7 @@ class Psycopg2Driver:
             return True if latest.startswith("FATAL") else None
         return False
 
-    def ping(self, conn: Any) -> None:
-        # In autocommit mode SELECT 1 is a single round trip; otherwise psycopg2
-        # would send BEGIN first and we would need a ROLLBACK after it.
-        autocommit = conn.autocommit
-        if not autocommit:
-            conn.autocommit = True
-        try:
-            with conn.cursor() as cur:
-                cur.execute("SELECT 1")
-        finally:
-            if not autocommit and not conn.closed:
-                conn.autocommit = False
-
-    # -- errors and display ----------------------------------------------------
-
-    def describe(self) -> str:
-        return self._masked
-
-    def redact(self, text: str) -> str:
-        return redact(text, self._secrets)
+    # -- errors and helpers ------------------------------------------------------
 
     def cursor_kwargs(self, rows: Optional[str], cursor_factory: Any) -> Dict[str, Any]:
         if rows is None:
@@ -237,7 +196,4 @@ class Psycopg2Driver:
             return False
         if conn is not None and conn.closed:
             return True
-        code = getattr(exc, "pgcode", None) or ""
-        # Class 08: connection exception; 57P01-57P03: admin shutdown, crash
-        # shutdown, cannot connect now.
-        return code.startswith("08") or code in ("57P01", "57P02", "57P03")
+        return is_lost_sqlstate(getattr(exc, "pgcode", None))

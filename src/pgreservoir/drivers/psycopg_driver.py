@@ -7,8 +7,8 @@ from typing import Any, Dict, Mapping, Optional
 
 from .._core import BROKEN, CLEAN, DIRTY
 from . import check_rows
-from ._conninfo import mask_dsn, parse_error, redact, secrets_of, server_ports
-from ._sockets import Probe, make_probe, shutdown_fd
+from ._base import DriverBase, is_lost_sqlstate
+from ._sockets import Probe
 
 __all__ = ["PsycopgDriver"]
 
@@ -31,23 +31,16 @@ def _import_psycopg() -> Any:
     return psycopg
 
 
-class PsycopgDriver:
+class PsycopgDriver(DriverBase):
     """psycopg 3 connections, opened with ``connection_class.connect(conninfo, **kwargs)``.
 
     ``connection_class`` may be a generic alias (``MyConnection[DictRow]``),
     so it is only ever called, never compared with ``issubclass()``.
     """
 
-    __slots__ = (
-        "_cls",
-        "_conninfo",
-        "_kwargs",
-        "_masked",
-        "_notices",
-        "_psycopg",
-        "_secrets",
-        "server_ports",
-    )
+    __slots__ = ("_cls", "_conninfo", "_kwargs", "_notices", "_psycopg")
+
+    SETTINGS = ("autocommit", "isolation_level", "read_only", "deferrable")
 
     def __init__(
         self,
@@ -73,11 +66,7 @@ class PsycopgDriver:
             # conninfo_to_dict accepts any keyword; libpq's parser knows the real ones.
             psycopg.conninfo.make_conninfo("", **merged)
         except psycopg.ProgrammingError as exc:
-            raise ValueError(
-                f"invalid connection options: {parse_error(str(exc), conninfo)}; pass libpq "
-                "keywords (host, port, dbname, user, password, connect_timeout, ...) "
-                "or a valid conninfo string"
-            ) from None
+            raise self._invalid(str(exc), conninfo) from None
         for key, value in (defaults or {}).items():
             if key not in merged:
                 kwargs[key] = value
@@ -85,9 +74,7 @@ class PsycopgDriver:
         self._cls = connection_class
         self._conninfo = conninfo or ""
         self._kwargs = kwargs
-        self._masked = mask_dsn(merged)
-        self._secrets = secrets_of(merged)
-        self.server_ports = server_ports(merged)
+        self._adopt_options(merged)
         # id(conn) -> severity of the last notice received outside a query
         # (written by psycopg's notice callback, read by after_readable()).
         self._notices: Dict[int, str] = {}
@@ -136,24 +123,14 @@ class PsycopgDriver:
             finally:
                 lock.release()
 
-    def interrupt(self, conn: Any) -> None:
-        with contextlib.suppress(Exception):
-            shutdown_fd(conn.pgconn.socket)
-
     def fileno(self, conn: Any) -> int:
         return int(conn.pgconn.socket)
-
-    def probe(self, conn: Any) -> Probe:
-        return make_probe(conn.pgconn.socket)
 
     def adopt(self, conn: Any, owner: Any) -> None:
         # psycopg's `with conn:` closes the connection unless it knows a pool.
         conn._pool = owner
 
     # -- check-in ------------------------------------------------------------
-
-    def snapshot(self, conn: Any) -> Any:
-        return (conn.autocommit, conn.isolation_level, conn.read_only, conn.deferrable)
 
     def verdict(self, conn: Any, baseline: Any) -> int:
         if conn.closed or conn.broken:
@@ -176,15 +153,7 @@ class PsycopgDriver:
         # rollback() ends a transaction even in autocommit mode (explicit BEGIN).
         if conn.pgconn.transaction_status != _IDLE:
             conn.rollback()
-        # Client-side in psycopg 3: no round trip.
-        if conn.autocommit is not baseline[0]:
-            conn.autocommit = baseline[0]
-        if conn.isolation_level != baseline[1]:
-            conn.isolation_level = baseline[1]
-        if conn.read_only != baseline[2]:
-            conn.read_only = baseline[2]
-        if conn.deferrable != baseline[3]:
-            conn.deferrable = baseline[3]
+        self._restore(conn, baseline)
         if conn.closed or conn.broken or conn.pgconn.transaction_status != _IDLE:
             raise self._psycopg.InterfaceError("connection not idle after rollback")
 
@@ -215,25 +184,7 @@ class PsycopgDriver:
             return True if severity == "FATAL" else None
         return False
 
-    def ping(self, conn: Any) -> None:
-        # A round trip outside any transaction: in autocommit mode SELECT 1 is
-        # one message; otherwise psycopg would open a transaction first.
-        autocommit = conn.autocommit
-        if not autocommit:
-            conn.autocommit = True
-        try:
-            conn.execute("SELECT 1")
-        finally:
-            if not autocommit and not conn.closed:
-                conn.autocommit = False
-
-    # -- errors and display ----------------------------------------------------
-
-    def describe(self) -> str:
-        return self._masked
-
-    def redact(self, text: str) -> str:
-        return redact(text, self._secrets)
+    # -- errors and helpers ------------------------------------------------------
 
     def cursor_kwargs(self, rows: Optional[str], cursor_factory: Any) -> Dict[str, Any]:
         if cursor_factory is not None:
@@ -258,9 +209,6 @@ class PsycopgDriver:
             return False
         if conn is not None and (conn.closed or conn.broken):
             return True
-        code = getattr(exc, "sqlstate", None) or ""
-        # Class 08: connection exception; 57P01-57P03: admin shutdown, crash
-        # shutdown, cannot connect now.
-        return code.startswith("08") or code in ("57P01", "57P02", "57P03")
+        return is_lost_sqlstate(getattr(exc, "sqlstate", None))
 
 

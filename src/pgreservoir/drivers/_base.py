@@ -1,0 +1,88 @@
+"""What the psycopg2 and psycopg 3 drivers share.
+
+Both speak libpq: the same connection options, secrets, socket, session
+settings and SQLSTATEs. What differs (how to connect, read the transaction
+status, consume input, spell ``readonly``) stays in each driver; the hot
+paths (``verdict``) are written out in each for speed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Mapping, Optional, Tuple
+
+from ._conninfo import mask_dsn, parse_error, redact, secrets_of, server_ports
+from ._sockets import Probe, make_probe, shutdown_fd
+
+__all__ = ["DriverBase", "is_lost_sqlstate"]
+
+
+def is_lost_sqlstate(code: Optional[str]) -> bool:
+    """Whether a SQLSTATE says the server connection is gone: class 08
+    (connection exception) or 57P01-57P03 (admin shutdown, crash shutdown,
+    cannot connect now)."""
+    code = code or ""
+    return code.startswith("08") or code in ("57P01", "57P02", "57P03")
+
+
+class DriverBase:
+    """Display, redaction, socket operations, settings and the ping, for libpq drivers."""
+
+    __slots__ = ("_masked", "_secrets", "server_ports")
+
+    #: The session settings restored at check-in, as the driver spells them.
+    SETTINGS: Tuple[str, ...] = ()
+
+    def _adopt_options(self, merged: Mapping[str, Any]) -> None:
+        """Remember where connections go (masked) and which values are secret."""
+        self._masked = mask_dsn(merged)
+        self._secrets = secrets_of(merged)
+        self.server_ports = server_ports(merged)
+
+    @staticmethod
+    def _invalid(message: str, source: Optional[str]) -> ValueError:
+        """The error for options libpq refused, quoting nothing that may be a secret."""
+        return ValueError(
+            f"invalid connection options: {parse_error(message, source)}; pass libpq "
+            "keywords (host, port, dbname, user, password, connect_timeout, ...) or a "
+            "valid connection string"
+        )
+
+    def fileno(self, conn: Any) -> int:
+        """The connection's socket descriptor."""
+        raise NotImplementedError  # pragma: no cover - every driver defines it
+
+    def probe(self, conn: Any) -> Probe:
+        return make_probe(self.fileno(conn))
+
+    def interrupt(self, conn: Any) -> None:
+        with contextlib.suppress(Exception):
+            shutdown_fd(self.fileno(conn))
+
+    def snapshot(self, conn: Any) -> Any:
+        return tuple(getattr(conn, name) for name in self.SETTINGS)
+
+    def _restore(self, conn: Any, baseline: Any) -> None:
+        # Client-side in both drivers (psycopg2 >= 2.7): no round trip.
+        for name, value in zip(self.SETTINGS, baseline):
+            if getattr(conn, name) != value:
+                setattr(conn, name, value)
+
+    def ping(self, conn: Any) -> None:
+        # In autocommit mode SELECT 1 is a single round trip; otherwise the
+        # driver would open a transaction first and we would need a ROLLBACK.
+        autocommit = conn.autocommit
+        if not autocommit:
+            conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1")
+        finally:
+            if not autocommit and not conn.closed:
+                conn.autocommit = False
+
+    def describe(self) -> str:
+        return self._masked
+
+    def redact(self, text: str) -> str:
+        return redact(text, self._secrets)
