@@ -11,7 +11,7 @@ from ._core import Core
 from ._helpers import PoolHelpers
 from ._logging import event_logger
 from ._logging import logger as _logger
-from ._sync.shell import SyncPool, held_lock
+from ._sync.shell import SyncPool
 from .drivers import make_driver
 from .options import PoolOptions, check_seconds, check_sizes, keyword_parameters, next_pool_name
 
@@ -87,7 +87,7 @@ class ConnectionPool(PoolHelpers):
             connection_class=connection_class,
             defaults=options.connect_defaults,
         )
-        core = Core(options, name=name, min_size=lo, max_size=hi, new_handle=held_lock)
+        core = Core(options, name=name, min_size=lo, max_size=hi)
         self._options = options
         self._shell = shell = SyncPool(
             core,

@@ -44,7 +44,7 @@ from . import options as _options
 from ._core import Core
 from ._helpers import PoolHelpers
 from ._logging import event_logger
-from ._sync.shell import SyncPool, held_lock
+from ._sync.shell import SyncPool
 from .connection_pool import bind_pool, capture_stack
 from .drivers import make_driver
 from .errors import PoolClosed, PoolTimeout, TooManyRequests
@@ -207,8 +207,7 @@ class AbstractConnectionPool(PoolHelpers):
         dsn = kwargs.pop("dsn", None)
         name = options.name or next_pool_name()
         driver = make_driver(dsn, kwargs, defaults=options.connect_defaults, args=args)
-        core = Core(options, name=name, min_size=lo, max_size=hi, inline=True,
-                    new_handle=held_lock)
+        core = Core(options, name=name, min_size=lo, max_size=hi, inline=True)
         shell = SyncPool(
             core,
             driver,

@@ -9,7 +9,7 @@ import weakref
 from typing import Any, Dict, List, Optional
 
 from pgreservoir._core import BROKEN, CLEAN, DIRTY, Core
-from pgreservoir._sync.shell import SyncPool, held_lock
+from pgreservoir._sync.shell import SyncPool
 from pgreservoir.options import PoolOptions, check_sizes
 
 
@@ -185,10 +185,7 @@ def make_shell(
     """A blocking shell over a FakeDriver with test-friendly defaults."""
     opts = PoolOptions(**{**_DEFAULTS, **options})
     lo, hi = check_sizes(min_size, max_size)
-    core = Core(
-        opts, name=opts.name or "test", min_size=lo, max_size=hi, inline=inline,
-        new_handle=held_lock,
-    )
+    core = Core(opts, name=opts.name or "test", min_size=lo, max_size=hi, inline=inline)
     events: List[Any] = []
     shell = SyncPool(
         core,

@@ -97,16 +97,17 @@ class Core:
         max_size: int,
         inline: bool = False,
         lifo: bool = True,
-        new_handle: Callable[[], Any] = lambda: None,
         rng: Callable[[], float] = random.random,
     ) -> None:
         """``min_size``/``max_size`` validated by the caller. ``inline``: a caller
-        that finds room opens its own connection (psycopg2.pool semantics);
+        that does not wait and finds room opens its own connection (psycopg2.pool
+        semantics);
         ``lifo``: reuse the most recently returned connection first (else in
-        turn, oldest first); ``new_handle()`` makes a waiter's wake-up
-        primitive for the shell; ``rng`` jitters lifetimes and backoff."""
+        turn, oldest first); ``rng`` jitters lifetimes and backoff."""
         self.name = name
-        self._new_handle = new_handle
+        #: Makes a waiter's wake-up primitive (``Waiter.handle``); the shell
+        #: that drives this core sets it: a held Lock, a Future...
+        self.new_handle: Callable[[], Any] = lambda: None
         self._inline = inline
         self._lifo = lifo
         self._random = rng
@@ -257,7 +258,13 @@ class Core:
         if self.closed:
             plan.error = self._error(PoolClosed, "connection pool is closed")
             return plan
-        if self._inline and not self._waiters:
+        if timeout is None:
+            timeout = self.timeout
+        # psycopg2.pool semantics: a caller that does not wait (timeout 0) and
+        # finds room connects in its own thread, and gets the connect error.
+        # A caller with a deadline waits for a background connect instead: a
+        # connect in its thread could not be bounded by that deadline.
+        if self._inline and timeout <= 0 and not self._waiters:
             if self._size < self.max_size:
                 self._size += 1
                 plan.ticket = self._new_ticket(now, inline=True, for_caller=True)
@@ -269,8 +276,6 @@ class Core:
                 self._to_open -= 1
                 plan.ticket = self._new_ticket(now, inline=True, for_caller=True)
                 return plan
-        if timeout is None:
-            timeout = self.timeout
         if timeout <= 0 or (self._fail_fast and self._failing):
             if self._failing:
                 # Keep trying to connect while refusing callers, or fail-fast
@@ -289,7 +294,7 @@ class Core:
             )
             return plan
         waiter = Waiter(now)
-        waiter.handle = self._new_handle()
+        waiter.handle = self.new_handle()
         if retry:
             self._waiters.appendleft(waiter)
         else:

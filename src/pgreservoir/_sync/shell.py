@@ -87,6 +87,7 @@ class SyncPool:
         """``owner`` is what new psycopg 3 connections name as their pool;
         ``reconnect_failed()`` is the user's callback, already bound to the facade."""
         self.core = core
+        core.new_handle = held_lock  # waiters block on a held Lock, released to wake them
         # Bound once: called on every checkout and check-in. (A fork resets
         # the core in place, so these stay valid.)
         self._checkout = core.checkout
@@ -227,26 +228,28 @@ class SyncPool:
         """Wait in line until served or ``deadline``; PoolTimeout/PoolClosed otherwise."""
         try:
             left = deadline - self._clock()
-            served = left > 0 and waiter.handle.acquire(True, min(left, threading.TIMEOUT_MAX))
-        except BaseException:
-            # Interrupted (a signal handler, a soft time limit...): leave the
-            # line; what we were handed meanwhile goes to the next in line.
+            if left > 0 and waiter.handle.acquire(True, min(left, threading.TIMEOUT_MAX)):
+                if waiter.error is not None:
+                    raise waiter.error
+                assert waiter.entry is not None
+                return waiter.entry
+        except BaseException as exc:
+            if exc is waiter.error:
+                raise
+            # Interrupted (a signal handler, a soft time limit...), whether or
+            # not served already: leave the line; what we were handed goes to
+            # the next in line or back to idle.
             with self._lock:
                 plan = self.core.give_up(waiter, self._clock(), interrupted=True)
             self.carry_out(plan)
             raise
-        if not served:
-            with self._lock:
-                plan = self.core.give_up(waiter, self._clock())
-            self.carry_out(plan)
-            if plan.error is not None:
-                raise plan.error
-            assert plan.entry is not None  # served at the very moment we gave up
-            return plan.entry
-        if waiter.error is not None:
-            raise waiter.error
-        assert waiter.entry is not None
-        return waiter.entry
+        with self._lock:
+            plan = self.core.give_up(waiter, self._clock())
+        self.carry_out(plan)
+        if plan.error is not None:
+            raise plan.error
+        assert plan.entry is not None  # served at the very moment we gave up
+        return plan.entry
 
     def _vet(self, entry: Entry, deadline: float, no_wait: bool) -> Any:
         """Check a connection handed to us; return it, or None if it was dead."""
