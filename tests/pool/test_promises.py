@@ -278,6 +278,34 @@ def test_close_returns_while_a_putconn_is_stuck_in_its_rollback(
         pool.close(0)
 
 
+def test_drop_in_getconn_with_a_timeout_is_bounded_while_connects_hang(
+    postgres_server: PostgresServer,
+) -> None:
+    # The drop-in connects in the caller's thread only when the caller does
+    # not wait (psycopg2's semantics); with a timeout it waits for a
+    # background connect, so a hanging connect cannot hold it past the timeout.
+    import pgreservoir.pool as compat
+
+    with TcpProxy.for_server(postgres_server, mode="blackhole") as proxy:
+        pool = compat.ThreadedConnectionPool(
+            0,
+            2,
+            proxy.dsn_for(postgres_server, connect_timeout=60),
+            pool_options=compat.PoolOptions(timeout=1.0),
+        )
+        call: Optional[Call] = None
+        try:
+            call = Call(pool.getconn, "drop-in-getconn")
+            assert call.finished_within(10), "getconn() with timeout=1 still blocked after 10 s"
+            assert isinstance(call.error, PoolTimeout), repr(call.error)
+            assert str(call.error) == "connection pool exhausted"
+        finally:
+            proxy.set_mode("pass")
+            if call is not None:
+                call.thread.join(DEADLINE)
+            pool.closeall()
+
+
 # ---------------------------------------------------------------------------
 # 3. An exception in a wait or a callback does not lose a slot
 # ---------------------------------------------------------------------------
