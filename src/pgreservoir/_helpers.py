@@ -181,9 +181,13 @@ class PoolHelpers:
 
     def _unhealthy(self, exc: BaseException) -> str:
         shell = self._shell
-        text = shell.driver.redact(" ".join(str(exc).split()) or "(no message)")
+        text = " ".join(str(exc).split()) or "(no message)"
+        cause = exc.__cause__
+        if cause is not None and " ".join(str(cause).split()) not in text:
+            # The drop-in's "connection pool exhausted" says nothing of why.
+            text += f"; caused by {type(cause).__name__}: {' '.join(str(cause).split())}"
         where = f"pool {shell.name!r}: {shell.describe()}"
-        return f"unhealthy: {type(exc).__name__}: {text} ({where})"
+        return f"unhealthy: {type(exc).__name__}: {shell.driver.redact(text)} ({where})"
 
     def stats(self) -> Dict[str, Any]:
         """Gauges (size, idle, in_use, waiting...) and counters since the pool opened.

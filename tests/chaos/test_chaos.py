@@ -263,6 +263,15 @@ class ProxyRefuse(Fault):
         assert ctx.proxy is not None
         ctx.proxy.set_mode("refuse")
         assert ctx.server.terminate_backends(DB) > 0
+        # A connect the proxy accepted just before it began refusing can still
+        # complete after that sweep (the pool connects up to num_workers at
+        # once): terminate until none of the pool's backends is left.
+        end = time.monotonic() + PHASE_DEADLINE
+        while ctx.server.backend_pids(DB):
+            if time.monotonic() >= end:
+                raise AssertionError(f"backends survive: {ctx.server.backend_pids(DB)}")
+            ctx.server.terminate_backends(DB)
+            time.sleep(0.01)
 
     def restore(self, ctx: Context) -> None:
         assert ctx.proxy is not None
