@@ -1,16 +1,19 @@
 """pgreservoir: a fast, fair, self-healing PostgreSQL connection pool.
 
-``ConnectionPool`` is the modern interface; ``pgreservoir.pool`` holds
+``ConnectionPool`` (threads; psycopg2 or psycopg 3) and ``AsyncConnectionPool``
+(asyncio; psycopg 3) are the modern interface; ``pgreservoir.pool`` holds
 drop-in replacements for the classes of ``psycopg2.pool``.
 """
 
 from __future__ import annotations
 
+from .async_connection_pool import AsyncConnectionPool
 from .connection_pool import ConnectionPool
 from .errors import PoolClosed, PoolError, PoolTimeout, TooManyRequests
 from .options import PoolOptions
 
 __all__ = [
+    "AsyncConnectionPool",
     "ConnectionPool",
     "PoolClosed",
     "PoolError",

@@ -24,7 +24,9 @@ __all__ = [
     "DEFAULT_CONNECT_OPTIONS",
     "DIRTY",
     "ROW_TYPES",
+    "AsyncDriver",
     "Driver",
+    "make_async_driver",
     "make_driver",
     "mask_dsn",
 ]
@@ -107,6 +109,79 @@ class Driver(Protocol):
 
     def cursor_kwargs(self, rows: Optional[str], cursor_factory: Any) -> Dict[str, Any]:
         """Keyword arguments for ``conn.cursor()`` giving rows of type ``rows``."""
+
+
+class AsyncDriver(Protocol):
+    """The asyncio shell's driver: :class:`Driver` with the round trips as coroutines.
+
+    Only ``connect``, ``clean`` and ``ping`` await; everything else (verdict,
+    probe, interrupt, closing) is a quick call a callback can make.
+    """
+
+    server_ports: Tuple[int, ...]
+
+    async def connect(self) -> Any:
+        """Open a new connection (raises the driver's error on failure)."""
+
+    def close_now(self, conn: Any) -> None:
+        """Close a connection the pool owns, at once, never raising."""
+
+    def force_close(self, conn: Any) -> None:
+        """Make a connection a task may be using unusable at once."""
+
+    def interrupt(self, conn: Any) -> None:
+        """Shut the connection's socket so a round trip awaiting it fails at once."""
+
+    def fileno(self, conn: Any) -> int:
+        """The connection's socket descriptor."""
+
+    def probe(self, conn: Any) -> Probe:
+        """A zero-round-trip readability probe of the connection's socket."""
+
+    def adopt(self, conn: Any, owner: Any) -> None:
+        """Mark a new connection as pooled by ``owner``."""
+
+    def snapshot(self, conn: Any) -> Any:
+        """The session settings to restore at every check-in."""
+
+    def verdict(self, conn: Any, baseline: Any) -> int:
+        """Classify a returned connection, without I/O: CLEAN, DIRTY or BROKEN."""
+
+    async def clean(self, conn: Any, baseline: Any) -> None:
+        """Roll back and restore settings; raise if the connection is not reusable."""
+
+    def in_transaction(self, conn: Any) -> bool:
+        """Whether a transaction is open (or the state is unknown)."""
+
+    def after_readable(self, conn: Any, probe: Probe) -> Optional[bool]:
+        """As :meth:`Driver.after_readable` (reads only what is there: no waiting)."""
+
+    async def ping(self, conn: Any) -> None:
+        """Round-trip check; raises if the connection does not work."""
+
+    def describe(self) -> str:
+        """Where connections go, with every secret masked."""
+
+    def redact(self, text: str) -> str:
+        """``text`` with any secret of this driver's connection options masked."""
+
+    def is_disconnect(self, exc: BaseException, conn: Any) -> bool:
+        """Whether ``exc`` means the connection's server side is gone."""
+
+
+def make_async_driver(
+    conninfo: Optional[str],
+    connect_kwargs: Mapping[str, Any],
+    *,
+    connection_class: Any = None,
+    defaults: Optional[Mapping[str, Any]] = None,
+) -> AsyncDriver:
+    """The asyncio driver: psycopg 3's ``AsyncConnection`` (or ``connection_class``)."""
+    from .psycopg_driver import AsyncPsycopgDriver, import_psycopg
+
+    if connection_class is None:
+        connection_class = import_psycopg().AsyncConnection
+    return AsyncPsycopgDriver(conninfo, connect_kwargs, connection_class, defaults=defaults)
 
 
 def make_driver(

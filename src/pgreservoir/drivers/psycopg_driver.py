@@ -1,4 +1,5 @@
-"""The :class:`~pgreservoir.drivers.Driver` for psycopg 3 (sync connections)."""
+"""The drivers for psycopg 3: :class:`PsycopgDriver` (``Connection``) and
+:class:`AsyncPsycopgDriver` (``AsyncConnection``), on what they share."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from . import check_rows
 from ._base import DriverBase, is_lost_sqlstate
 from ._sockets import Probe
 
-__all__ = ["PsycopgDriver"]
+__all__ = ["AsyncPsycopgDriver", "PsycopgDriver"]
 
 # Keyword arguments Connection.connect() takes that are not libpq options.
 _PSYCOPG_ONLY = frozenset({"autocommit", "prepare_threshold", "row_factory", "cursor_factory",
@@ -19,24 +20,23 @@ _PSYCOPG_ONLY = frozenset({"autocommit", "prepare_threshold", "row_factory", "cu
 _IDLE, _ACTIVE, _INTRANS, _INERROR, _UNKNOWN = range(5)
 
 
-def _import_psycopg() -> Any:
+def import_psycopg() -> Any:
     try:
         import psycopg
         import psycopg.conninfo
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError(
-            "connection_class= means psycopg 3: pip install 'pgreservoir[psycopg]' "
+            "this pool needs psycopg 3: pip install 'pgreservoir[psycopg]' "
             "(or install psycopg[binary] yourself)"
         ) from exc
     return psycopg
 
 
-class PsycopgDriver(DriverBase):
-    """psycopg 3 connections, opened with ``connection_class.connect(conninfo, **kwargs)``.
-
-    ``connection_class`` may be a generic alias (``MyConnection[DictRow]``),
-    so it is only ever called, never compared with ``issubclass()``.
-    """
+class _PsycopgBase(DriverBase):
+    """What the sync and async psycopg 3 drivers share: options, the verdict,
+    liveness without I/O, classification. ``connection_class`` may be a
+    generic alias (``MyConnection[DictRow]``), so it is only ever called,
+    never compared with ``issubclass()``."""
 
     __slots__ = ("_cls", "_conninfo", "_kwargs", "_notices", "_psycopg")
 
@@ -51,7 +51,7 @@ class PsycopgDriver(DriverBase):
         defaults: Optional[Mapping[str, Any]] = None,
     ) -> None:
         """Validate the connection options now, so a typo fails at construction."""
-        psycopg = _import_psycopg()
+        psycopg = import_psycopg()
         self._psycopg = psycopg
         if not callable(getattr(connection_class, "connect", None)):
             raise TypeError(
@@ -79,10 +79,8 @@ class PsycopgDriver(DriverBase):
         # (written by psycopg's notice callback, read by after_readable()).
         self._notices: Dict[int, str] = {}
 
-    # -- opening and closing -------------------------------------------------
-
-    def connect(self) -> Any:
-        conn = self._cls.connect(self._conninfo, **self._kwargs)
+    def _watch(self, conn: Any) -> None:
+        """Record notices that arrive outside a query (a FATAL before a hang-up)."""
         key = id(conn)
         notices = self._notices
 
@@ -90,38 +88,26 @@ class PsycopgDriver(DriverBase):
             notices[key] = diag.severity_nonlocalized or diag.severity or ""
 
         conn.add_notice_handler(on_notice)
-        # libpq may have read a FATAL (a backend terminated as the connection
-        # completed) into its buffer, where no socket probe can see it.
+
+    def _check_new(self, conn: Any) -> Optional[BaseException]:
+        """libpq may have read a FATAL (a backend terminated as the connection
+        completed) into its buffer, where no socket probe can see it: parse it."""
+        error: Optional[BaseException] = None
         try:
             conn.pgconn.consume_input()
             conn.pgconn.is_busy()  # parses what was read: a FATAL becomes a notice
-        except self._psycopg.Error:
-            self.close(conn)
-            raise
-        if notices.pop(key, None) == "FATAL":
-            self.close(conn)
-            raise self._psycopg.OperationalError(
-                "the server closed the connection right after it was opened"
-            )
-        return conn
+        except self._psycopg.Error as exc:
+            error = exc
+        else:
+            if self._notices.pop(id(conn), None) == "FATAL":
+                error = self._psycopg.OperationalError(
+                    "the server closed the connection right after it was opened"
+                )
+        return error
 
-    def close(self, conn: Any) -> None:
-        self._notices.pop(id(conn), None)
-        with contextlib.suppress(Exception):
-            conn.close()
-
-    def force_close(self, conn: Any) -> None:
-        # psycopg frees the libpq connection in close(): never do that while
-        # another thread is inside a query on it. Shutting the socket makes
-        # that query fail at once; the connection is closed now if nobody
-        # holds its lock, else when it comes back or is collected.
-        self.interrupt(conn)
-        lock = getattr(conn, "lock", None)
-        if lock is not None and lock.acquire(False):
-            try:
-                self.close(conn)
-            finally:
-                lock.release()
+    def _check_idle(self, conn: Any) -> None:
+        if conn.closed or conn.broken or conn.pgconn.transaction_status != _IDLE:
+            raise self._psycopg.InterfaceError("connection not idle after rollback")
 
     def fileno(self, conn: Any) -> int:
         return int(conn.pgconn.socket)
@@ -148,14 +134,6 @@ class PsycopgDriver(DriverBase):
         if status in (_INTRANS, _INERROR):
             return DIRTY
         return BROKEN  # ACTIVE (a command still running) or UNKNOWN (connection lost)
-
-    def clean(self, conn: Any, baseline: Any) -> None:
-        # rollback() ends a transaction even in autocommit mode (explicit BEGIN).
-        if conn.pgconn.transaction_status != _IDLE:
-            conn.rollback()
-        self._restore(conn, baseline)
-        if conn.closed or conn.broken or conn.pgconn.transaction_status != _IDLE:
-            raise self._psycopg.InterfaceError("connection not idle after rollback")
 
     def in_transaction(self, conn: Any) -> bool:
         return bool(conn.closed or conn.broken) or conn.pgconn.transaction_status != _IDLE
@@ -212,3 +190,91 @@ class PsycopgDriver(DriverBase):
         return is_lost_sqlstate(getattr(exc, "sqlstate", None))
 
 
+class PsycopgDriver(_PsycopgBase):
+    """psycopg 3 ``Connection``, opened with ``connection_class.connect(conninfo, **kwargs)``."""
+
+    __slots__ = ()
+
+    def connect(self) -> Any:
+        conn = self._cls.connect(self._conninfo, **self._kwargs)
+        self._watch(conn)
+        error = self._check_new(conn)
+        if error is not None:
+            self.close(conn)
+            raise error
+        return conn
+
+    def close(self, conn: Any) -> None:
+        self._notices.pop(id(conn), None)
+        with contextlib.suppress(Exception):
+            conn.close()
+
+    def force_close(self, conn: Any) -> None:
+        # psycopg frees the libpq connection in close(): never do that while
+        # another thread is inside a query on it. Shutting the socket makes
+        # that query fail at once; the connection is closed now if nobody
+        # holds its lock, else when it comes back or is collected.
+        self.interrupt(conn)
+        lock = getattr(conn, "lock", None)
+        if lock is not None and lock.acquire(False):
+            try:
+                self.close(conn)
+            finally:
+                lock.release()
+
+    def clean(self, conn: Any, baseline: Any) -> None:
+        # rollback() ends a transaction even in autocommit mode (explicit BEGIN).
+        if conn.pgconn.transaction_status != _IDLE:
+            conn.rollback()
+        self._restore(conn, baseline)
+        self._check_idle(conn)
+
+
+class AsyncPsycopgDriver(_PsycopgBase):
+    """psycopg 3 ``AsyncConnection``: the round trips are coroutines, for the asyncio shell."""
+
+    __slots__ = ()
+
+    async def connect(self) -> Any:
+        conn = await self._cls.connect(self._conninfo, **self._kwargs)
+        self._watch(conn)
+        error = self._check_new(conn)
+        if error is not None:
+            self.close_now(conn)
+            raise error
+        return conn
+
+    def close_now(self, conn: Any) -> None:
+        """Close without awaiting. AsyncConnection.close() only frees the libpq
+        connection (no round trip) and so does this, from any callback; the
+        connection then reads as closed."""
+        self._notices.pop(id(conn), None)
+        with contextlib.suppress(Exception):
+            conn.pgconn.finish()
+
+    def force_close(self, conn: Any) -> None:
+        # A task may be awaiting a query on it: shutting the socket makes that
+        # query fail at once (the task then sees a closed connection); the
+        # libpq connection is freed when it comes back or is collected.
+        self.interrupt(conn)
+
+    async def clean(self, conn: Any, baseline: Any) -> None:
+        if conn.pgconn.transaction_status != _IDLE:
+            await conn.rollback()
+        # On an AsyncConnection the setters are coroutines (client-side all the same).
+        for name, value in zip(self.SETTINGS, baseline):
+            if getattr(conn, name) != value:
+                await getattr(conn, f"set_{name}")(value)
+        self._check_idle(conn)
+
+    async def ping(self, conn: Any) -> None:  # type: ignore[override]
+        # As the sync ping (DriverBase.ping), awaited.
+        autocommit = conn.autocommit
+        if not autocommit:
+            await conn.set_autocommit(True)
+        try:
+            async with conn.cursor() as cur:
+                await cur.execute("SELECT 1")
+        finally:
+            if not autocommit and not conn.closed:
+                await conn.set_autocommit(False)

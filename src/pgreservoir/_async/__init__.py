@@ -1,0 +1,1 @@
+"""The asyncio shell: tasks on one event loop carry out the core's decisions."""

@@ -1,0 +1,682 @@
+"""The asyncio shell: carries out the core's decisions with tasks on one event loop.
+
+The same core as the blocking shell makes every decision; this shell only
+acts. Calls into the core need no lock: they run on the pool's event loop,
+never awaiting in the middle. A waiter is a Future of that loop.
+
+Cancellation can land at every ``await`` of a caller. Whatever the caller
+holds there is handed back to the core before the CancelledError goes on:
+
+* waiting in line: it leaves the line; a connection handed to it at that very
+  moment goes to the next waiter or back to idle;
+* the check of the connection it was handed, the pool's own round trips (the
+  checkout ``SELECT 1``, the rollback at return, ``reset()``): those run in a
+  task of the pool's, shielded from the caller's cancellation. A cancelled
+  caller shuts the connection's socket, so the round trip fails at once (no
+  server-side cancel request to wait for), and the connection is discarded;
+* returning a connection: the caller's cancellation does not stop the
+  clean-up (bounded by ``check_timeout``), which ends in the background and
+  returns the connection or discards it.
+
+Every task the pool starts is tracked; ``close()`` ends them all, so no task
+or connection outlives a closed pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import os
+import sys
+import time
+import warnings
+import weakref
+from typing import Any, Awaitable, Callable, Coroutine, List, Optional, Set, Tuple
+
+from .._core import BROKEN, CLEAN, CLOSE, DIRTY, PING, PROBE, CloseReason, Core, Entry, Plan, Waiter
+from .._logging import logger
+from .._sync.shell import MIN_CHECK_TIME
+from ..drivers import AsyncDriver
+from ..drivers._sockets import close_probe, open_fds, stray_sockets
+from ..errors import PoolClosed, PoolError
+from ..options import PoolOptions, check_seconds
+
+__all__ = ["AsyncPool"]
+
+EventSink = Callable[[str, str], None]
+
+_SHELLS: weakref.WeakSet[AsyncPool] = weakref.WeakSet()
+_TRACK_FDS = sys.platform.startswith("linux")
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    # A waiter's future may be cancelled with its task: then nobody waits.
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _consume(task: asyncio.Task[Any]) -> None:
+    # A pool task's failure is reported through the core; never let asyncio
+    # log "Task exception was never retrieved" for it.
+    if not task.cancelled():
+        task.exception()
+
+
+async def _maybe_await(result: Any) -> None:
+    if inspect.isawaitable(result):
+        await result
+
+
+class AsyncPool:
+    """The asyncio shell of one pool (see the module notes)."""
+
+    def __init__(
+        self,
+        core: Core,
+        driver: AsyncDriver,
+        options: PoolOptions,
+        *,
+        owner: Any = None,
+        on_event: EventSink,
+        reconnect_failed: Optional[Callable[[], Any]] = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """``owner`` is what new connections name as their pool (psycopg's
+        ``conn._pool``); callbacks may be plain functions or coroutine functions."""
+        self.core = core
+        self.name = core.name
+        self.driver = driver
+        self.clock = clock
+        self._on_event = on_event
+        self._configure = options.configure
+        self._reset = options.reset
+        self._check_timeout = options.check_timeout
+        self._reconnect_failed = reconnect_failed
+        self._owner = self if owner is None else owner
+        self._verdict = driver.verdict
+        self._entry_of = core.in_use.get
+        # Bound to the first event loop the pool is used on (open()).
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        # Every task this pool started and that has not ended.
+        self._tasks: Set[asyncio.Task[Any]] = set()
+        self._maintenance: Optional[asyncio.Task[None]] = None
+        self._work: Optional[asyncio.Event] = None  # wakes the maintenance task
+        self._changed: Optional[asyncio.Event] = None  # set after each plan carried out
+        self._started = False
+        _SHELLS.add(self)
+
+    # ------------------------------------------------------------------
+    # The event loop
+    # ------------------------------------------------------------------
+
+    @property
+    def loop(self) -> Optional[asyncio.AbstractEventLoop]:
+        """The event loop the pool belongs to (None until it is opened)."""
+        return self._loop
+
+    def bind(self) -> asyncio.AbstractEventLoop:
+        """The running loop, which must be the pool's (the first one binds it)."""
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+            self._work = asyncio.Event()
+            self._changed = asyncio.Event()
+            self.core.new_handle = loop.create_future
+        elif self._loop is not loop:
+            raise RuntimeError(
+                f"pool {self.name!r} belongs to another event loop: an asyncio pool "
+                "serves the loop it was opened on; create one pool per event loop"
+            )
+        return loop
+
+    def start(self) -> None:
+        """Start serving on the running loop: request ``min_size`` connections."""
+        loop = self.bind()
+        if self._started:
+            return
+        self._started = True
+        plan = self.core.start(self.clock())
+        self._maintenance = loop.create_task(
+            self._maintain(), name=f"pgreservoir-{self.name}"
+        )
+        self.carry_out(plan)
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], what: str) -> asyncio.Task[Any]:
+        assert self._loop is not None
+        task = self._loop.create_task(coro, name=f"pgreservoir-{self.name}-{what}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(_consume)
+        return task
+
+    def _loop_time(self, at: float) -> float:
+        # The core's clock may be a test's; the loop has its own.
+        assert self._loop is not None
+        return self._loop.time() + (at - self.clock())
+
+    # ------------------------------------------------------------------
+    # Checkout
+    # ------------------------------------------------------------------
+
+    async def acquire(self, timeout: Optional[float] = None) -> Any:
+        """A connection, checked, waiting in line up to ``timeout`` seconds
+        (None: the pool's timeout; 0: do not wait)."""
+        if self._loop is not asyncio.get_running_loop() or not self._started:
+            self.start()
+        if timeout is not None and (type(timeout) is not float or not timeout >= 0.0):
+            timeout = check_seconds("timeout", timeout)
+        now = self.clock()
+        got = self.core.checkout(now, timeout)
+        if type(got) is Entry:
+            # The fast path, with no await: nothing can cancel it half-way.
+            if got.vet == PROBE and not got.probe(0):  # type: ignore[misc]
+                conn = got.conn
+                got.conn = None
+                return conn
+            return await self._acquire_slow(got, None, now, timeout)
+        return await self._acquire_slow(None, got, now, timeout)  # type: ignore[arg-type]
+
+    async def _acquire_slow(
+        self, entry: Optional[Entry], plan: Optional[Plan], now: float, timeout: Optional[float]
+    ) -> Any:
+        wait = self.core.timeout if timeout is None else timeout
+        deadline = now + wait
+        while True:
+            if plan is not None:
+                self.carry_out(plan)
+                if plan.error is not None:
+                    raise plan.error
+                entry = plan.entry
+                if plan.waiter is not None:
+                    entry = await self._wait(plan.waiter, deadline)
+            assert entry is not None
+            conn = await self._vet(entry, deadline, wait <= 0)
+            if conn is not None:
+                return conn
+            # It was dead (and is discarded): try again, at the head of the line.
+            now = self.clock()
+            got = self.core.checkout(now, max(0.0, deadline - now) if wait > 0 else 0.0,
+                                     retry=True)
+            if type(got) is Entry:
+                entry, plan = got, None
+            else:
+                entry, plan = None, got  # type: ignore[assignment]
+
+    async def _wait(self, waiter: Waiter, deadline: float) -> Entry:
+        """Wait in line until served or ``deadline``; PoolTimeout/PoolClosed otherwise."""
+        assert self._loop is not None
+        fut = waiter.handle
+        timer = self._loop.call_at(self._loop_time(deadline), _wake, fut)
+        try:
+            await fut
+        except BaseException:
+            # Cancelled (or interrupted), whether or not served already: leave
+            # the line; a connection handed to us goes to the next in line.
+            timer.cancel()
+            self.carry_out(self.core.give_up(waiter, self.clock(), interrupted=True))
+            raise
+        timer.cancel()
+        if waiter.error is not None:
+            raise waiter.error
+        if waiter.entry is not None:
+            return waiter.entry
+        plan = self.core.give_up(waiter, self.clock())  # the timer woke us
+        self.carry_out(plan)
+        if plan.error is not None:
+            raise plan.error
+        assert plan.entry is not None
+        return plan.entry
+
+    async def _vet(self, entry: Entry, deadline: float, no_wait: bool) -> Any:
+        """Check a connection handed to us; return it, or None if it was dead."""
+        conn = entry.conn
+        try:
+            alive = self._probe(entry)
+        except BaseException:
+            self._hand_back(entry, CloseReason.INTERRUPTED)
+            raise
+        if alive is None or (alive and entry.vet == PING):
+            now = self.clock()
+            at = now + self._check_timeout if no_wait else min(deadline, now + self._check_timeout)
+            if at - now < MIN_CHECK_TIME:
+                plan = self.core.decline(entry, now, now - entry.taken_at)
+                self.carry_out(plan)
+                assert plan.error is not None
+                raise plan.error
+            try:
+                alive = await self._bounded(conn, at, self.driver.ping, "check")
+            except BaseException:
+                self._hand_back(entry, CloseReason.INTERRUPTED)
+                raise
+        if not alive:
+            self._hand_back(entry, CloseReason.DEAD)
+            return None
+        entry.conn = None
+        return conn
+
+    def _probe(self, entry: Entry) -> Optional[bool]:
+        """Zero-round-trip liveness: True alive, False dead, None unsure (ping it)."""
+        probe = entry.probe
+        if probe is None or not probe(0):
+            return True
+        dead = self.driver.after_readable(entry.conn, probe)
+        return None if dead is None else not dead
+
+    def _hand_back(self, entry: Entry, reason: Optional[CloseReason] = None) -> None:
+        now = self.clock()
+        if reason is None:
+            plan = self.core.put_back(entry, now)
+        else:
+            plan = self.core.lose(entry, now, reason)
+        self.carry_out(plan)
+
+    async def _bounded(
+        self, conn: Any, at: float, step: Callable[[Any], Awaitable[Any]], what: str
+    ) -> bool:
+        """Run the round trip ``step(conn)`` in a task of the pool's, interrupted
+        at ``at``; whether it succeeded. If the caller is cancelled meanwhile,
+        the connection's socket is shut (the step fails at once, without a
+        server-side cancel) and the CancelledError goes on."""
+        assert self._loop is not None
+        fired: List[bool] = []
+
+        def interrupt() -> None:
+            fired.append(True)
+            self.driver.interrupt(conn)
+
+        timer = self._loop.call_at(self._loop_time(at), interrupt)
+
+        async def run() -> None:
+            await step(conn)
+
+        task = self._spawn(run(), what)
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.done():  # the caller was cancelled, not the step
+                self.driver.interrupt(conn)
+                raise
+            return False
+        except Exception:
+            return False
+        finally:
+            timer.cancel()
+        return not fired
+
+    # ------------------------------------------------------------------
+    # Check-in
+    # ------------------------------------------------------------------
+
+    async def release(self, conn: Any, close: bool = False) -> None:
+        """Take back a connection handed out by :meth:`acquire` (see SyncPool.release).
+
+        A clean-up it needs (rollback, restore, ``reset()``) runs in a task of
+        the pool's: cancelling the caller does not interrupt it.
+        """
+        now = self.clock()
+        entry = self._entry_of(id(conn))
+        if entry is None or entry.ref() is not conn:
+            entry, verdict = None, BROKEN
+        else:
+            verdict = self._verdict(conn, entry.baseline)
+            if close:
+                verdict = BROKEN if verdict == BROKEN else CLOSE
+            elif verdict == CLEAN and self._reset is not None:
+                verdict = DIRTY
+        got = self.core.checkin(entry, conn, verdict, now)
+        if got is None:
+            return
+        if type(got) is Waiter:
+            _wake(got.handle)
+            return
+        plan: Plan = got  # type: ignore[assignment]
+        self.carry_out(plan)
+        if plan.error is not None:
+            raise plan.error
+        if plan.clean is not None:
+            await asyncio.shield(self._spawn(self._clean(plan.clean), "clean"))
+
+    async def _clean(self, entry: Entry) -> None:
+        """Roll back, restore and reset a returned connection, bounded by check_timeout."""
+        assert self._loop is not None
+        conn = entry.conn
+        failure: Optional[str] = None
+        fired: List[bool] = []
+
+        def interrupt() -> None:
+            fired.append(True)
+            self.driver.interrupt(conn)
+
+        timer = self._loop.call_at(self._loop_time(self.clock() + self._check_timeout), interrupt)
+        try:
+            await self.driver.clean(conn, entry.baseline)
+            if self._reset is not None:
+                await _maybe_await(self._reset(conn))
+                if self.driver.in_transaction(conn):
+                    raise PoolError("reset() left a transaction open")
+        except BaseException as exc:
+            failure = self._describe_error(exc)
+            if not isinstance(exc, Exception):  # cancelled by close(), or worse
+                timer.cancel()
+                self.carry_out(self.core.cleaned(entry, self.clock(), failure))
+                raise
+        finally:
+            timer.cancel()
+        if fired:
+            failure = f"did not finish within check_timeout={self._check_timeout:g} s"
+        self.carry_out(self.core.cleaned(entry, self.clock(), failure))
+
+    def _describe_error(self, exc: BaseException) -> str:
+        text = " ".join(str(exc).split()) or "(no message)"
+        return self.driver.redact(f"{type(exc).__name__}: {text}")
+
+    # ------------------------------------------------------------------
+    # Opening connections
+    # ------------------------------------------------------------------
+
+    async def _open(self, ticket: Entry) -> None:
+        """Connect, configure and check a new connection for ``ticket`` and tell the core."""
+        if _TRACK_FDS:
+            ticket.fds_before = open_fds()
+        try:
+            conn = await self.driver.connect()
+        except BaseException as exc:
+            self.carry_out(self._open_failed(ticket, exc))
+            if not isinstance(exc, Exception):
+                raise
+            return
+        plan = self.core.connected(ticket, conn, self.clock())
+        if plan.close:  # the pool closed meanwhile: nothing more for it
+            self.carry_out(plan)
+            return
+        try:
+            self.driver.adopt(conn, self._owner)
+            if self._configure is not None:
+                await _maybe_await(self._configure(conn))
+                if self.driver.in_transaction(conn):
+                    raise PoolError(
+                        f"configure() left a transaction open on a new connection of pool "
+                        f"{self.name!r}: commit or roll back inside configure()"
+                    )
+            baseline = self.driver.snapshot(conn)
+            probe = self.driver.probe(conn)
+            if probe(0) and self.driver.after_readable(conn, probe) is True:
+                close_probe(probe)
+                raise PoolError(
+                    f"pool {self.name!r}: a new connection was closed by the server right "
+                    "after it was opened"
+                )
+        except BaseException as exc:
+            self.carry_out(self._open_failed(ticket, exc))
+            if not isinstance(exc, Exception):
+                raise
+            return
+        self.carry_out(self.core.opened(ticket, baseline, probe, self.clock()))
+
+    def _open_failed(self, ticket: Entry, exc: BaseException) -> Plan:
+        return self.core.open_failed(ticket, exc, self.clock(), self._describe_error(exc))
+
+    # ------------------------------------------------------------------
+    # Carrying out plans
+    # ------------------------------------------------------------------
+
+    def carry_out(self, plan: Plan) -> None:
+        """Do what a plan asks, without awaiting: wake, close, interrupt, open, log."""
+        for waiter in plan.wake:
+            _wake(waiter.handle)
+        for entry in plan.close:
+            self._close(entry)
+        for conn in plan.interrupt:
+            self.driver.interrupt(conn)
+        for conn in plan.force:
+            self.driver.force_close(conn)
+        if plan.open and self._work is not None:
+            self._work.set()
+        for kind, detail in plan.events:
+            self._on_event(kind, detail)
+        if self._changed is not None:
+            self._changed.set()
+
+    def _close(self, entry: Entry) -> None:
+        conn = entry.conn
+        entry.conn = None
+        if conn is not None:
+            self.driver.close_now(conn)
+        close_probe(entry.probe)
+        entry.probe = None
+
+    # ------------------------------------------------------------------
+    # Background work
+    # ------------------------------------------------------------------
+
+    async def _maintain(self) -> None:
+        """The pool's maintenance task: housekeeping, and a task per connect."""
+        assert self._work is not None
+        interval = self.core.interval
+        next_housekeeping = self.clock() + interval
+        while not self.core.closed:
+            self._work.clear()
+            delay: Optional[float] = None
+            try:
+                now = self.clock()
+                if now >= next_housekeeping:
+                    next_housekeeping = now + interval
+                    await self._housekeep()
+                delay = self._start_opens()
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:  # a bug, or a callback's BaseException
+                self._background_failed("background work", exc)
+                delay = interval
+            wait = next_housekeeping - self.clock()
+            if delay is not None:
+                wait = min(wait, delay)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._work.wait(), max(0.0, wait))
+
+    def _start_opens(self) -> Optional[float]:
+        while True:
+            got = self.core.claim_open(self.clock())
+            if not isinstance(got, Entry):
+                return got
+            task = self._spawn(self._open(got), "connect")
+            task.add_done_callback(lambda _: self._work.set() if self._work else None)
+
+    async def _housekeep(self) -> None:
+        plan = self.core.housekeep(self.clock())
+        self.carry_out(plan)
+        if plan.reconnect_failed and self._reconnect_failed is not None:
+            try:
+                await _maybe_await(self._reconnect_failed())
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:
+                self._background_failed("the reconnect_failed callback", exc)
+        for entry in plan.check:
+            await self._check(entry, ping=True)
+        found: List[Tuple[Entry, float]] = []
+        for entry, taken_at in plan.poll:
+            probe = entry.probe
+            try:
+                if probe is not None and probe(0):
+                    found.append((entry, taken_at))
+            except (OSError, ValueError):
+                continue
+        if found:
+            suspects = self.core.suspect(found, self.clock())
+            self.carry_out(suspects)
+            for entry in suspects.check:
+                await self._check(entry, ping=False)
+
+    async def _check(self, entry: Entry, *, ping: bool) -> None:
+        """A background check of an entry the core reserved for it."""
+        alive: Optional[bool] = True
+        try:
+            alive = self._probe(entry)
+            if alive is None or (alive and ping):
+                at = self.clock() + self._check_timeout
+                alive = await self._bounded(entry.conn, at, self.driver.ping, "keepalive")
+        except asyncio.CancelledError:
+            self.carry_out(self.core.checked(entry, False, self.clock()))
+            raise
+        except BaseException as exc:
+            alive = False
+            self._background_failed("checking an idle connection", exc)
+        self.carry_out(self.core.checked(entry, bool(alive), self.clock()))
+
+    def _background_failed(self, what: str, exc: BaseException) -> None:
+        logger.error(
+            "pool %r: %s failed: %s; the pool carries on",
+            self.name,
+            what,
+            self._describe_error(exc),
+            exc_info=not isinstance(exc, (KeyboardInterrupt, SystemExit)),
+        )
+
+    # ------------------------------------------------------------------
+    # Whole-pool operations
+    # ------------------------------------------------------------------
+
+    async def _until(self, done: Callable[[], bool], deadline: float) -> bool:
+        """Wait until ``done()`` (re-checked after every plan) or ``deadline``."""
+        assert self._changed is not None
+        while not done():
+            left = deadline - self.clock()
+            if left <= 0:
+                return False
+            self._changed.clear()
+            if done():
+                return True
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), left)
+        return True
+
+    async def wait(self, timeout: float) -> None:
+        """Wait until ``min_size`` connections are open, or raise PoolTimeout."""
+        if self._loop is not asyncio.get_running_loop() or not self._started:
+            self.start()
+        deadline = self.clock() + timeout
+        core = self.core
+        if not await self._until(lambda: core.filled() or core.closed, deadline):
+            raise core.fill_error(timeout)
+        if core.closed:
+            raise PoolClosed(f"pool {self.name!r}: connection pool is closed", pool_name=self.name)
+
+    def resize(self, min_size: int, max_size: int) -> None:
+        """New sizes (validated by the caller)."""
+        plan = self.core.resize(min_size, max_size, self.clock())
+        self.carry_out(plan)
+        if plan.error is not None:
+            raise plan.error
+
+    async def close(self, timeout: float) -> None:
+        """Stop serving; wait up to ``timeout`` for connections in use, then close
+        them by force; end every task of the pool. Idempotent."""
+        now = self.clock()
+        self.carry_out(self.core.close(now))
+        if self._loop is None:  # never opened: nothing runs
+            return
+        self.bind()
+        deadline = now + timeout
+        await self._until(self.core.settled, deadline)
+        self.carry_out(self.core.abandon(self.clock()))
+        # Connects in flight and the maintenance task: cancelled, and awaited
+        # a moment (they end at their next await); the clean-ups and checks
+        # interrupted above end by themselves as their sockets are shut.
+        for task in list(self._tasks):
+            if task.get_name().endswith("-connect"):
+                task.cancel()
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+        pending = [t for t in (*self._tasks, self._maintenance) if t is not None and not t.done()]
+        if pending:
+            grace = min(1.0, max(0.05, deadline - self.clock()))
+            await asyncio.wait(pending, timeout=grace)
+
+    def stats(self) -> Any:
+        """A consistent snapshot of gauges and counters."""
+        return self.core.stats()
+
+    def gauges(self) -> Any:
+        """Just the gauges."""
+        return self.core.gauges()
+
+    def describe(self) -> str:
+        """Short state for repr()."""
+        return self.core.describe()
+
+    def mark_suspect(self) -> None:
+        """A caller saw a disconnect error: idle connections get a round trip before use."""
+        self.core.mark_suspect(self.clock())
+
+    def entry_of(self, conn: Any) -> Optional[Entry]:
+        """The entry of a connection this pool has out, else None."""
+        entry = self.core.in_use.get(id(conn))
+        return entry if entry is not None and entry.ref() is conn else None
+
+    @property
+    def tasks(self) -> Set[asyncio.Task[Any]]:
+        """The pool's tasks still running (for tests and close())."""
+        live = set(self._tasks)
+        if self._maintenance is not None and not self._maintenance.done():
+            live.add(self._maintenance)
+        return live
+
+    def abandon_on_collect(self) -> None:
+        """The pool was garbage-collected while open: close what can be closed
+        without awaiting (its loop may be gone), and say so once."""
+        if self.core.closed:
+            return
+        warnings.warn(
+            f"pool {self.name!r} was garbage-collected while open: close it with "
+            "`await pool.close()` or use `async with`",
+            ResourceWarning,
+            stacklevel=2,
+        )
+        self.carry_out(self.core.close(self.clock()))
+        self.carry_out(self.core.abandon(self.clock()))
+        loop = self._loop
+        tasks = [t for t in (*self._tasks, self._maintenance) if t is not None and not t.done()]
+        if loop is not None and not loop.is_closed():
+            for task in tasks:
+                loop.call_soon_threadsafe(task.cancel)
+
+    # ------------------------------------------------------------------
+    # fork()
+    # ------------------------------------------------------------------
+
+    def _after_fork_in_child(self, devnull: int) -> None:
+        """In a forked child: disown the parent's connections (see SyncPool)."""
+        conns, tickets = self.core.after_fork()
+        for conn in conns:
+            try:
+                fd = self.driver.fileno(conn)
+            except Exception:
+                continue
+            if fd >= 0:
+                os.dup2(devnull, fd, inheritable=False)
+        for ticket in tickets:
+            if ticket.fds_before is not None:
+                for fd in stray_sockets(ticket.fds_before, self.driver.server_ports):
+                    os.dup2(devnull, fd, inheritable=False)
+        # The parent's loop and tasks are not the child's: start afresh on
+        # whichever loop the child uses the pool on.
+        self._loop = None
+        self._tasks = set()
+        self._maintenance = None
+        self._work = self._changed = None
+        self._started = False
+
+
+def _after_fork_in_child() -> None:
+    devnull = os.open(os.devnull, os.O_RDWR)
+    try:
+        for shell in list(_SHELLS):
+            shell._after_fork_in_child(devnull)
+    finally:
+        os.close(devnull)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
