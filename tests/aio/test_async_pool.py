@@ -8,6 +8,7 @@ deadline, so a hang fails the test instead of the suite).
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import random
@@ -48,6 +49,14 @@ async def scalar(conn: Any, query: str, params: Any = None) -> Any:
     row = await cur.fetchone()
     assert row is not None
     return row[0]
+
+
+def _gauge_at_least(pool: AsyncConnectionPool, key: str, value: int) -> bool:
+    return bool(pool.stats()[key] >= value)
+
+
+def _gauge_equals(pool: AsyncConnectionPool, key: str, value: int) -> bool:
+    return bool(pool.stats()[key] == value)
 
 
 def consistent(pool: AsyncConnectionPool) -> bool:
@@ -301,14 +310,16 @@ def test_cancelled_while_the_pool_connects_for_it(postgres_server: PostgresServe
                 try:
                     tasks = [asyncio.create_task(pool.getconn(timeout=DEADLINE))
                              for _ in range(4)]
-                    await until(lambda: pool.stats()["opening"] >= 1, "connects under way")
+                    opening = functools.partial(_gauge_at_least, pool, "opening", 1)
+                    await until(opening, "connects under way")
                     for task in tasks:
                         task.cancel()
                     for task in tasks:
                         with pytest.raises(asyncio.CancelledError):
                             await task
                     # The connects finish for nobody: the connections go idle.
-                    await until(lambda: pool.stats()["opening"] == 0, "the connects to end")
+                    idle = functools.partial(_gauge_equals, pool, "opening", 0)
+                    await until(idle, "the connects to end")
                     stats = pool.stats()
                     assert stats["in_use"] == 0
                     assert stats["idle"] == stats["size"] == stats["connections_opened"]

@@ -1,10 +1,12 @@
-"""The chaos suite: a steady workload through a ConnectionPool while real faults hit it.
+"""The chaos suite: a steady workload through a pool while real faults hit it.
 
 Each test injects one kind of fault into a dedicated PostgreSQL server (not the
 shared session server: these tests crash, pause and restart it) while
 ``THREADS`` workers run short write transactions through a pool of
 ``MAX_SIZE`` connections (see :mod:`.workload`), restores it, waits for the
-pool to recover, then checks:
+pool to recover, then checks what follows. Every fault runs twice: worker
+threads through a ``ConnectionPool`` (psycopg2), and asyncio tasks through an
+``AsyncConnectionPool`` (psycopg 3) on an event loop of its own.
 
 * **No hang.** Every request ended within ``REQUEST_BOUND`` s (its getconn
   timeout + a margin; for the black hole, whose queries hang, plus the
@@ -50,7 +52,7 @@ from pgreservoir import ConnectionPool
 from pgreservoir._core import BACKOFF_INITIAL, BACKOFF_MAX
 from pgreservoir.testing import PostgresServer, TcpProxy
 
-from .workload import Request, Workload
+from .workload import AsyncWorkload, LoopPool, Request, Workload
 
 pytestmark = pytest.mark.slow
 
@@ -121,7 +123,7 @@ class Context:
     """What a fault acts on."""
 
     def __init__(
-        self, server: PostgresServer, proxy: Optional[TcpProxy], pool: ConnectionPool, dsn: str
+        self, server: PostgresServer, proxy: Optional[TcpProxy], pool: Any, dsn: str
     ) -> None:
         self.server = server
         self.proxy = proxy
@@ -347,8 +349,11 @@ def committed_ids(server: PostgresServer, fault: str) -> set[int]:
         conn.close()
 
 
-def pool_threads(pool: ConnectionPool) -> List[str]:
-    return [t.name for t in threading.enumerate() if t.name == f"pgreservoir-{pool.name}"]
+def pool_threads(pool: Any) -> List[str]:
+    """The pool's threads (thread pools) or tasks (asyncio pools) still running."""
+    if isinstance(pool, LoopPool):
+        return [f"task-{i}" for i in range(pool.tasks())]
+    return [t.name for t in threading.enumerate() if t.name.startswith(f"pgreservoir-{pool.name}")]
 
 
 def leftover_threads() -> List[str]:
@@ -429,8 +434,11 @@ def one_round(
     }
 
 
-def run_chaos(server: PostgresServer, fault: Fault) -> Dict[str, Any]:
-    """Run the workload through one fault; assert everything; return the figures."""
+def run_chaos(server: PostgresServer, fault: Fault, mode: str = "threads") -> Dict[str, Any]:
+    """Run the workload through one fault; assert everything; return the figures.
+
+    ``mode``: "threads" (ConnectionPool, psycopg2) or "asyncio" (AsyncConnectionPool).
+    """
     started = time.monotonic()
     proxy = TcpProxy.for_server(server) if fault.proxied else None
     dsn = (
@@ -438,18 +446,20 @@ def run_chaos(server: PostgresServer, fault: Fault) -> Dict[str, Any]:
         if proxy is not None
         else server.make_dsn(DB, connect_timeout=CONNECT_TIMEOUT)
     )
-    pool = ConnectionPool(
-        dsn,
-        min_size=MIN_SIZE,
-        max_size=MAX_SIZE,
-        timeout=REQUEST_TIMEOUT,
-        name=f"chaos-{fault.name}",
-        application_name=f"chaos-{fault.name}",
-    )
+    settings: Dict[str, Any] = {
+        "min_size": MIN_SIZE,
+        "max_size": MAX_SIZE,
+        "timeout": REQUEST_TIMEOUT,
+        "name": f"chaos-{fault.name}-{mode}",
+        "application_name": f"chaos-{fault.name}",
+    }
+    pool: Any = LoopPool(dsn, **settings) if mode == "asyncio" else ConnectionPool(dsn, **settings)
     ctx = Context(server, proxy, pool, dsn)
-    workload = Workload(
+    workload_class = AsyncWorkload if mode == "asyncio" else Workload
+    label = fault.name if mode == "threads" else f"{fault.name} (asyncio)"
+    workload = workload_class(
         pool,
-        fault=fault.name,
+        fault=label,
         threads=THREADS,
         request_timeout=REQUEST_TIMEOUT,
         io_timeout=IO_TIMEOUT,
@@ -487,17 +497,19 @@ def run_chaos(server: PostgresServer, fault: Fault) -> Dict[str, Any]:
     wait_until(lambda: server.connection_count(DB) == 0, "no server connections after close")
     wait_until(lambda: not pool_threads(pool), "the pool thread to end")
     after_close = pool.stats()
+    if isinstance(pool, LoopPool):
+        pool.shutdown()
 
     records = workload.finished()
-    lost = sorted(set(workload.acked) - committed_ids(server, fault.name))
-    in_doubt = committed_ids(server, fault.name) - set(workload.acked)
+    lost = sorted(set(workload.acked) - committed_ids(server, label))
+    in_doubt = committed_ids(server, label) - set(workload.acked)
     bound = HUNG_REQUEST_BOUND if fault.io_kills else REQUEST_BOUND
     over = [r for r in records if r.duration > bound]
     unexpected = [r for r in records if r.kind not in LEGITIMATE]
     stale = stale_handouts(records, injected)
     causes = sorted({r.cause for r in records if r.cause})
     figures: Dict[str, Any] = {
-        "fault": fault.name,
+        "fault": label,
         "description": fault.description,
         "rounds": len(rounds),
         "requests": len(records),
@@ -592,11 +604,15 @@ def markdown_summary(results: List[Dict[str, Any]]) -> str:
 FAULTS = [Terminate, ImmediateRestart, Pause, ProxyBlackhole, ProxyRefuse, ProxyReset]
 
 
+@pytest.mark.parametrize("mode", ["threads", "asyncio"])
 @pytest.mark.parametrize("fault_class", FAULTS, ids=[f.name for f in FAULTS])
 def test_pool_survives(
-    fault_class: type[Fault], chaos_server: PostgresServer, chaos_report: List[Dict[str, Any]]
+    fault_class: type[Fault],
+    mode: str,
+    chaos_server: PostgresServer,
+    chaos_report: List[Dict[str, Any]],
 ) -> None:
-    figures = run_chaos(chaos_server, fault_class())
+    figures = run_chaos(chaos_server, fault_class(), mode)
     chaos_report.append(figures)
 
 

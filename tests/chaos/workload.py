@@ -1,6 +1,7 @@
-"""A steady multi-threaded workload for the chaos suite.
+"""A steady workload for the chaos suite: worker threads through a ConnectionPool
+(:class:`Workload`), or tasks through an AsyncConnectionPool (:class:`AsyncWorkload`).
 
-Every worker thread loops over one short write transaction::
+Every worker loops over one short write transaction::
 
     conn = pool.getconn(timeout=request_timeout)
     INSERT INTO chaos_commits (id, fault) VALUES (<unique id>, <fault>)
@@ -28,17 +29,21 @@ tests expect them only for the black hole.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import random
 import socket
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Coroutine, Dict, List, Optional, TypeVar
 
+import psycopg
 import psycopg2
 
-from pgreservoir import ConnectionPool, PoolClosed, PoolTimeout
+from pgreservoir import AsyncConnectionPool, PoolClosed, PoolTimeout
+
+T = TypeVar("T")
 
 # Unique ids across every workload of the process (one table per server).
 _ids = itertools.count(1)
@@ -95,7 +100,7 @@ class _Slot:
             self.killed = True
             try:
                 sock = socket.socket(fileno=os.dup(self.conn.fileno()))
-            except (OSError, ValueError, psycopg2.Error):
+            except Exception:  # closed already (psycopg2 or psycopg errors)
                 return True
             try:
                 sock.shutdown(socket.SHUT_RDWR)
@@ -111,7 +116,7 @@ class Workload:
 
     def __init__(
         self,
-        pool: ConnectionPool,
+        pool: Any,
         *,
         fault: str,
         threads: int = 12,
@@ -207,6 +212,30 @@ class Workload:
             # Pacing (not synchronization): keeps the CPU for the pool and server.
             time.sleep(rng.uniform(0.0, self._think))
 
+    def _finish(self, record: Request, exc: Optional[BaseException]) -> str:
+        """Classify how a request ended (``exc`` None: it succeeded) and keep it."""
+        if exc is None:
+            record.kind = "ok"
+        elif isinstance(exc, PoolTimeout):
+            record.kind = "PoolTimeout"
+            if exc.__cause__ is not None:
+                record.cause = _describe(exc.__cause__)
+        elif isinstance(exc, PoolClosed):
+            record.kind = "PoolClosed"
+        elif isinstance(exc, (psycopg2.OperationalError, psycopg.OperationalError)):
+            record.kind = "OperationalError"
+        else:  # anything else is a finding: kept and reported
+            # psycopg2 raises a bare DatabaseError (not OperationalError) for a lost
+            # connection when another thread closed it at that moment (its close()
+            # clears the libpq handle before the error is classified).
+            plain = type(exc) in (psycopg2.DatabaseError, psycopg.DatabaseError)
+            record.kind = "DatabaseError" if plain else f"unexpected:{type(exc).__name__}"
+        if exc is not None:
+            record.detail = _describe(exc)
+        record.t_end = time.monotonic()
+        self.records.append(record)
+        return record.kind
+
     def _request(self, index: int, slot: _Slot) -> str:
         record = Request(next(_ids), time.monotonic())
         try:
@@ -225,31 +254,12 @@ class Workload:
                 finally:
                     record.killed = slot.disarm()
                 self.acked.append(record.rid)
-                record.kind = "ok"
             finally:
                 self._unclaim(conn, index)
                 self.pool.putconn(conn)
-        except PoolTimeout as exc:
-            record.kind = "PoolTimeout"
-            record.detail = _describe(exc)
-            if exc.__cause__ is not None:
-                record.cause = _describe(exc.__cause__)
-        except PoolClosed as exc:
-            record.kind = "PoolClosed"
-            record.detail = _describe(exc)
-        except psycopg2.OperationalError as exc:
-            record.kind = "OperationalError"
-            record.detail = _describe(exc)
-        except Exception as exc:  # anything else is a finding: kept and reported
-            # psycopg2 raises a bare DatabaseError (not OperationalError) for a lost
-            # connection when another thread closed it at that moment (its close()
-            # clears the libpq handle before the error is classified).
-            plain = type(exc) is psycopg2.DatabaseError
-            record.kind = "DatabaseError" if plain else f"unexpected:{type(exc).__name__}"
-            record.detail = _describe(exc)
-        record.t_end = time.monotonic()
-        self.records.append(record)
-        return record.kind
+        except Exception as exc:
+            return self._finish(record, exc)
+        return self._finish(record, None)
 
     def _claim(self, conn: Any, index: int) -> None:
         with self._lock:
@@ -284,3 +294,115 @@ class Workload:
 def _describe(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {lines[0] if lines else ''}"
+
+
+class LoopPool:
+    """An AsyncConnectionPool on an event loop of its own (a thread), driven from
+    the chaos suite's synchronous code: stats(), wait() and close() block."""
+
+    def __init__(self, dsn: str, **options: Any) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self.loop.run_forever, name="chaos-aio-loop", daemon=True
+        )
+        self._thread.start()
+
+        async def make() -> AsyncConnectionPool:
+            return AsyncConnectionPool(dsn, **options)
+
+        self.pool = self.call(make())
+        self.name = self.pool.name
+        self.max_size = self.pool.max_size
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: Optional[float] = None) -> T:
+        """Run ``coro`` on the pool's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stats(self) -> Dict[str, Any]:
+        async def read() -> Dict[str, Any]:
+            return self.pool.stats()
+
+        return self.call(read())
+
+    def wait(self, timeout: float) -> None:
+        self.call(self.pool.wait(timeout))
+
+    def close(self, timeout: float = 5.0) -> None:
+        self.call(self.pool.close(timeout))
+
+    def tasks(self) -> int:
+        """The pool's tasks still running."""
+
+        async def count() -> int:
+            return len(self.pool._shell.tasks)
+
+        return self.call(count())
+
+    def shutdown(self) -> None:
+        """Stop the loop and its thread (after close())."""
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+
+class AsyncWorkload(Workload):
+    """The same requests, as ``tasks`` asyncio tasks on the pool's loop."""
+
+    def __init__(self, pool: LoopPool, *, fault: str, threads: int = 12, **kwargs: Any) -> None:
+        super().__init__(pool, fault=fault, threads=threads, **kwargs)
+        self._loop_pool = pool
+        self._main: Optional[Any] = None
+        self._workers = []  # tasks, not threads (the monitor stays a thread)
+
+    def start(self) -> None:
+        self._monitor.start()
+        self._main = asyncio.run_coroutine_threadsafe(self._run(), self._loop_pool.loop)
+
+    def stop(self, deadline: float) -> List[str]:
+        self._stopping.set()
+        alive = []
+        if self._main is not None:
+            try:
+                self._main.result(max(0.0, deadline - time.monotonic()))
+            except Exception:
+                alive.append("chaos-aio-workers")
+        self._monitor.join(max(0.0, deadline - time.monotonic()))
+        if self._monitor.is_alive():
+            alive.append(self._monitor.name)
+        return alive
+
+    async def _run(self) -> None:
+        await asyncio.gather(*(self._awork(i) for i in range(len(self._slots))))
+
+    async def _awork(self, index: int) -> None:
+        slot = self._slots[index]
+        rng = random.Random(index)
+        while not self._stopping.is_set():
+            if await self._arequest(index, slot) == "PoolClosed":
+                return
+            await asyncio.sleep(rng.uniform(0.0, self._think))
+
+    async def _arequest(self, index: int, slot: _Slot) -> str:
+        pool = self._loop_pool.pool
+        record = Request(next(_ids), time.monotonic())
+        try:
+            conn = await pool.getconn(timeout=self.request_timeout)
+            record.t_got = time.monotonic()
+            self._claim(conn, index)
+            try:
+                slot.arm(conn, record.t_got + self.io_timeout)
+                try:
+                    await conn.execute(
+                        "INSERT INTO chaos_commits (id, fault) VALUES (%s, %s)",
+                        (record.rid, self.fault),
+                    )
+                    await conn.commit()
+                finally:
+                    record.killed = slot.disarm()
+                self.acked.append(record.rid)
+            finally:
+                self._unclaim(conn, index)
+                await pool.putconn(conn)
+        except Exception as exc:
+            return self._finish(record, exc)
+        return self._finish(record, None)
