@@ -177,6 +177,12 @@ class PoolOptions:
     reset: Optional[Callable[[Any], None]] = _option(
         None, _callback, "reset(conn) runs on every returned connection"
     )
+    check: Optional[Callable[[Any], None]] = _option(
+        None,
+        _callback,
+        "check(conn) runs before every hand-out (bounded like the checkout round "
+        "trip); if it raises, the connection is discarded and the caller gets another",
+    )
     fail_fast: bool = _option(
         False,
         _flag,

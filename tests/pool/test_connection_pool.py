@@ -724,3 +724,31 @@ def test_password_never_in_repr_or_errors(postgres_server: PostgresServer) -> No
 
 def _waiting_is(target: Any, count: int) -> Callable[[], bool]:
     return lambda: bool(target.stats()["waiting"] == count)
+
+
+def test_check_runs_before_every_hand_out_and_a_failure_replaces_the_connection(
+    make_pool: Callable[..., ConnectionPool],
+) -> None:
+    checked: List[int] = []
+    refuse: List[int] = []
+
+    def check(conn: Any) -> None:
+        pid = backend_pid(conn)
+        checked.append(pid)
+        if pid in refuse:
+            raise RuntimeError("not this one")
+
+    pool = make_pool(min_size=1, max_size=1, check=check)
+    with pool.connection() as conn:
+        first = backend_pid(conn)
+    with pool.connection() as conn:
+        assert backend_pid(conn) == first
+    assert checked == [first, first]
+    refuse.append(first)
+    with pool.connection() as conn:  # the check fails: discarded, another one comes
+        second = backend_pid(conn)
+    assert second != first
+    assert checked[-2:] == [first, second]
+    stats = pool.stats()
+    assert stats["connections_lost"] == 1
+    assert stats["size"] == 1

@@ -157,7 +157,7 @@ _DEFAULTS: Dict[str, Any] = {
 
 def make_core(
     *, min_size: int = 0, max_size: int = 4, inline: bool = False, lifo: bool = True,
-    **options: Any,
+    keep_idle: bool = True, **options: Any,
 ) -> Core:
     """A Core with test-friendly defaults and no jitter."""
     opts = PoolOptions(**{**_DEFAULTS, **options})
@@ -168,6 +168,7 @@ def make_core(
         max_size=max_size,
         inline=inline,
         lifo=lifo,
+        keep_idle=keep_idle,
         rng=lambda: 0.5,
     )
 

@@ -654,3 +654,25 @@ def test_a_new_connection_reusing_a_collected_ones_id_frees_the_old_slot() -> No
     assert plan.wake  # the new one went to the waiter, under its own entry
     assert core.in_use[old.key] is ticket
     core.check_invariants()
+
+
+def test_a_null_pool_keeps_no_idle_connection() -> None:
+    core = make_core(min_size=0, max_size=2, keep_idle=False)
+    core.start(T0)
+    first = core.checkout(T0, 5.0)
+    second = core.checkout(T0, 5.0)
+    third = core.checkout(T0, 5.0)
+    assert all(isinstance(p, Plan) and p.waiter is not None for p in (first, second, third))
+    a, b = open_one(core), open_one(core)
+    assert a.state is State.IN_USE
+    assert b.state is State.IN_USE
+    # A return while someone waits goes to the waiter...
+    assert isinstance(third, Plan)
+    assert give(core, a) is third.waiter
+    # ... and with nobody waiting it is closed, not kept.
+    out = give(core, b)
+    assert isinstance(out, Plan)
+    assert out.close == [b]
+    assert not out.events  # routine: not logged
+    assert core.gauges()["size"] == 1
+    core.check_invariants()

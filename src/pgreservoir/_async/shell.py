@@ -91,6 +91,7 @@ class AsyncPool:
         self._on_event = on_event
         self._configure = options.configure
         self._reset = options.reset
+        self._user_check = options.check
         self._check_timeout = options.check_timeout
         self._reconnect_failed = reconnect_failed
         self._owner = self if owner is None else owner
@@ -236,7 +237,8 @@ class AsyncPool:
         except BaseException:
             self._hand_back(entry, CloseReason.INTERRUPTED)
             raise
-        if alive is None or (alive and entry.vet == PING):
+        ping = alive is None or (alive and entry.vet == PING)
+        if alive is not False and (ping or entry.vet != PROBE):
             now = self.clock()
             at = now + self._check_timeout if no_wait else min(deadline, now + self._check_timeout)
             if at - now < MIN_CHECK_TIME:
@@ -245,7 +247,7 @@ class AsyncPool:
                 assert plan.error is not None
                 raise plan.error
             try:
-                alive = await self._bounded(conn, at, self.driver.ping, "check")
+                alive = await self._bounded(conn, at, self._checks(ping), "check")
             except BaseException:
                 self._hand_back(entry, CloseReason.INTERRUPTED)
                 raise
@@ -254,6 +256,19 @@ class AsyncPool:
             return None
         entry.conn = None
         return conn
+
+    def _checks(self, ping: bool) -> Callable[[Any], Awaitable[None]]:
+        """The round trips a hand-out needs: a ping, the user's check(), or both."""
+        check = self._user_check
+        driver_ping = self.driver.ping
+
+        async def run(conn: Any) -> None:
+            if ping:
+                await driver_ping(conn)
+            if check is not None:
+                await _maybe_await(check(conn))
+
+        return run
 
     def _probe(self, entry: Entry) -> Optional[bool]:
         """Zero-round-trip liveness: True alive, False dead, None unsure (ping it)."""

@@ -12,12 +12,13 @@ from .core import (
     format_stack,
 )
 from .plan import Plan
-from .records import PING, PROBE, CloseReason, Entry, State, Waiter
+from .records import CHECK, PING, PROBE, CloseReason, Entry, State, Waiter
 
 __all__ = [
     "BACKOFF_INITIAL",
     "BACKOFF_MAX",
     "BROKEN",
+    "CHECK",
     "CLEAN",
     "CLOSE",
     "DIRTY",

@@ -46,7 +46,7 @@ from ..errors import PoolClosed, PoolError, PoolTimeout, TooManyRequests
 from ..options import PoolOptions
 from ..stats import WaitHistogram
 from .plan import Plan
-from .records import PING, PROBE, CloseReason, Entry, State, Waiter
+from .records import CHECK, PING, PROBE, CloseReason, Entry, State, Waiter
 
 __all__ = [
     "BACKOFF_INITIAL",
@@ -82,7 +82,7 @@ _RESERVED = State.RESERVED
 _CLOSED = State.CLOSED
 
 # Discards that are routine, so not worth a log line.
-_QUIET = (CloseReason.POOL_CLOSED, CloseReason.ABANDONED)
+_QUIET = (CloseReason.POOL_CLOSED, CloseReason.ABANDONED, CloseReason.NOT_KEPT)
 
 
 class Core:
@@ -97,14 +97,17 @@ class Core:
         max_size: int,
         inline: bool = False,
         lifo: bool = True,
+        keep_idle: bool = True,
         rng: Callable[[], float] = random.random,
     ) -> None:
         """``min_size``/``max_size`` validated by the caller. ``inline``: a caller
         that does not wait and finds room opens its own connection (psycopg2.pool
-        semantics);
-        ``lifo``: reuse the most recently returned connection first (else in
-        turn, oldest first); ``rng`` jitters lifetimes and backoff."""
+        semantics); ``lifo``: reuse the most recently returned connection first
+        (else in turn, oldest first); ``keep_idle=False``: a connection nobody
+        waits for is closed (a null pool: min_size 0, no idle connections);
+        ``rng`` jitters lifetimes and backoff."""
         self.name = name
+        self._keep_idle = keep_idle
         #: Makes a waiter's wake-up primitive (``Waiter.handle``); the shell
         #: that drives this core sets it: a held Lock, a Future...
         self.new_handle: Callable[[], Any] = lambda: None
@@ -115,6 +118,8 @@ class Core:
         self._max_waiting = options.max_waiting
         self._max_lifetime = options.max_lifetime
         self._max_idle = options.max_idle
+        # What every hand-out needs at least: the probe, and check() if given.
+        self._vet = PROBE if options.check is None else CHECK
         ping_after = options.check_idle_after
         self._ping_after = math.inf if ping_after is None else ping_after
         self._fail_fast = options.fail_fast
@@ -219,7 +224,7 @@ class Core:
                 if last_used < self._suspect_before or now - last_used >= self._ping_after:
                     entry.vet = PING
                 else:
-                    entry.vet = PROBE
+                    entry.vet = self._vet
                 self.in_use[entry.key] = entry
                 return entry
             # Expired: put it back where it was; the slow path retires it.
@@ -239,7 +244,7 @@ class Core:
         if last_used < self._suspect_before or now - last_used >= self._ping_after:
             entry.vet = PING
         else:
-            entry.vet = PROBE
+            entry.vet = self._vet
         self.in_use[entry.key] = entry
 
     def _checkout_slow(self, now: float, timeout: Optional[float], retry: bool) -> Plan:
@@ -397,9 +402,10 @@ class Core:
             entry.last_used = now
             if self._waiters:
                 return self._hand_off(entry, now)
-            entry.state = _IDLE
-            self._idle.append(entry)
-            return None
+            if self._keep_idle:
+                entry.state = _IDLE
+                self._idle.append(entry)
+                return None
         return self._checkin_slow(entry, verdict, now)
 
     def _bad_return(self, conn: Any) -> Plan:
@@ -430,6 +436,8 @@ class Core:
             self._discard(entry, CloseReason.EXPIRED, now, plan)
         elif self._size > self.max_size:
             self._discard(entry, CloseReason.RESIZED, now, plan)
+        elif verdict == CLEAN:  # a null pool and nobody waits
+            self._discard(entry, CloseReason.NOT_KEPT, now, plan)
         else:  # DIRTY: the caller cleans it, bounded, then calls cleaned()
             entry.state = _RESERVED
             self._reserved.add(entry)
@@ -465,9 +473,11 @@ class Core:
     def _place(self, entry: Entry, now: float, plan: Plan) -> None:
         if self._waiters:
             plan.wake.append(self._hand_off(entry, now))
-        else:
+        elif self._keep_idle:
             entry.state = _IDLE
             self._idle.append(entry)
+        else:
+            self._discard(entry, CloseReason.NOT_KEPT, now, plan)
 
     def _hand_off(self, entry: Entry, now: float) -> Waiter:
         """Give ``entry`` to the oldest waiter; the shell must wake it."""
@@ -585,7 +595,7 @@ class Core:
                 plan.error = self._error(PoolClosed, "connection pool is closed")
         elif ticket.for_caller:
             self._give(ticket, now)
-            ticket.vet = PROBE
+            ticket.vet = self._vet
             plan.entry = ticket
         else:
             self._place(ticket, now, plan)

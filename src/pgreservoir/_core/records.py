@@ -29,11 +29,13 @@ class CloseReason(enum.Enum):
     RESIZED = "pool shrunk by resize()"
     INTERRUPTED = "a check or clean-up of it was interrupted"
     ABANDONED = "connect finished after the pool no longer needed it"
+    NOT_KEPT = "returned to a pool that keeps no idle connections, and nobody waited"
 
 
 # How much checking a connection needs in the receiving thread before use.
 PROBE = 0  # the zero-round-trip socket probe
-PING = 1  # the probe, then a round trip (idle long, or its siblings died)
+CHECK = 1  # the probe, then the user's check() callback
+PING = 2  # the probe, a round trip (idle long, or its siblings died), then check() if any
 
 
 class Entry:

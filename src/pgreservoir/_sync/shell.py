@@ -100,6 +100,7 @@ class SyncPool:
         self._on_event = on_event
         self._configure = options.configure
         self._reset = options.reset
+        self._user_check = options.check
         self._check_timeout = options.check_timeout
         self._reconnect_failed = reconnect_failed
         self._owner = self if owner is None else owner
@@ -259,9 +260,10 @@ class SyncPool:
         except BaseException:
             self._hand_back(entry, CloseReason.INTERRUPTED)
             raise
-        if alive is None or (alive and entry.vet == PING):
-            # A round trip, within the caller's time (unless it said "do not
-            # wait in line") and check_timeout.
+        ping = alive is None or (alive and entry.vet == PING)
+        if alive is not False and (ping or entry.vet != PROBE):
+            # A round trip and/or the user's check(), within the caller's time
+            # (unless it said "do not wait in line") and check_timeout.
             now = self._clock()
             at = now + self._check_timeout if no_wait else min(deadline, now + self._check_timeout)
             if at - now < MIN_CHECK_TIME:
@@ -271,7 +273,7 @@ class SyncPool:
                 assert plan.error is not None
                 raise plan.error
             try:
-                alive = self._bounded(conn, at, self.driver.ping)
+                alive = self._bounded(conn, at, self._checks(ping))
             except BaseException:
                 self._hand_back(entry, CloseReason.INTERRUPTED)
                 raise
@@ -280,6 +282,21 @@ class SyncPool:
             return None
         entry.conn = None  # ours no more: held by the caller (weakref only)
         return conn
+
+    def _checks(self, ping: bool) -> Callable[[Any], None]:
+        """The round trips a hand-out needs: a ping, the user's check(), or both."""
+        check = self._user_check
+        if check is None:
+            return self.driver.ping
+        if not ping:
+            return check
+        driver_ping = self.driver.ping
+
+        def both(conn: Any) -> None:
+            driver_ping(conn)
+            check(conn)
+
+        return both
 
     def _probe(self, entry: Entry) -> Optional[bool]:
         """Zero-round-trip liveness: True alive, False dead, None unsure (ping it)."""
