@@ -14,12 +14,16 @@ GAUGE_KEYS = ("min_size", "max_size", "size", "idle", "in_use", "waiting", "open
 COUNTER_KEYS = (
     "requests",
     "requests_waited",
+    "requests_cancelled",
     "timeouts",
     "rejected",
+    "wait_ms_total",
     "connections_opened",
     "connections_closed",
     "connect_errors",
+    "connect_ms_total",
     "connections_lost",
+    "returns_broken",
 )
 
 # Buckets grow by 2**(1/4) (19%) from 1 us: 120 buckets reach ~1e9 us (17 min).
@@ -36,12 +40,13 @@ class WaitHistogram:
     computed, so p50 of a lightly loaded pool is 0.
     """
 
-    __slots__ = ("_counts", "max_seconds", "recorded")
+    __slots__ = ("_counts", "max_seconds", "recorded", "total_seconds")
 
     def __init__(self) -> None:
         self._counts: List[int] = [0] * _BUCKETS
         self.recorded = 0
         self.max_seconds = 0.0
+        self.total_seconds = 0.0
 
     def record(self, seconds: float) -> None:
         """Add one wait of ``seconds``."""
@@ -49,6 +54,7 @@ class WaitHistogram:
         index = 0 if us <= 1.0 else min(_BUCKETS - 1, int(math.log(us) / _LOG_BASE) + 1)
         self._counts[index] += 1
         self.recorded += 1
+        self.total_seconds += seconds
         self.max_seconds = max(self.max_seconds, seconds)
 
     def percentile_ms(self, q: float, unwaited: int) -> float:

@@ -621,6 +621,17 @@ class AsyncPool:
         """Short state for repr()."""
         return self.core.describe()
 
+    async def check_idle(self) -> None:
+        """Check every idle connection now, with a round trip; replace the dead ones."""
+        plan = self.core.check_all(self.clock())
+        self.carry_out(plan)
+        for entry in plan.check:
+            await self._check(entry, ping=True)
+
+    def drain(self) -> None:
+        """Replace every connection: idle ones now, those in use when they come back."""
+        self.carry_out(self.core.drain(self.clock()))
+
     def mark_suspect(self) -> None:
         """A caller saw a disconnect error: idle connections get a round trip before use."""
         self.core.mark_suspect(self.clock())

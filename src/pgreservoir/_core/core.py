@@ -194,6 +194,9 @@ class Core:
         self._closed_count = 0
         self._connect_errors = 0
         self._lost = 0
+        self._returns_broken = 0  # returned closed, broken or in an unknown state
+        self._cancelled = 0  # waiters that left the line interrupted or cancelled
+        self._connect_seconds = 0.0  # spent in connects that succeeded
         self._leaked = 0
         self._waits = WaitHistogram()
 
@@ -334,7 +337,9 @@ class Core:
             self._waiters.remove(waiter)
             waited = now - waiter.since
             self._waits.record(waited)
-            if not interrupted:
+            if interrupted:
+                self._cancelled += 1
+            else:
                 self._timeouts += 1
                 plan.error = self._timeout_error(waited)
         return plan
@@ -429,6 +434,7 @@ class Core:
         if self.closed:
             self._discard(entry, CloseReason.POOL_CLOSED, now, plan)
         elif verdict == BROKEN:
+            self._returns_broken += 1
             self._discard(entry, CloseReason.BROKEN, now, plan)
         elif verdict == CLOSE:
             self._discard(entry, CloseReason.CALLER, now, plan)
@@ -566,6 +572,7 @@ class Core:
             plan.close.append(ticket)
             return plan
         self._end_open(ticket)
+        self._connect_seconds += max(0.0, now - ticket.created)
         if self._collected:
             # A connection handed out and then garbage-collected may have left
             # its entry under the id this new connection now has: free that
@@ -688,6 +695,33 @@ class Core:
     def _reserve(self, entry: Entry) -> None:
         entry.state = _RESERVED
         self._reserved.add(entry)
+
+    def check_all(self, now: float) -> Plan:
+        """Reserve every idle connection for a round-trip check now (``plan.check``;
+        report each with checked()). Connections in use are not touched."""
+        plan = Plan()
+        if self.closed:
+            return plan
+        idle = self._idle[:]
+        self._idle.clear()
+        for entry in idle:
+            self._reserve(entry)
+        plan.check = idle
+        return plan
+
+    def drain(self, now: float) -> Plan:
+        """Replace every connection: idle ones now, those in use when they come back."""
+        plan = Plan()
+        if self.closed:
+            return plan
+        for entry in self.in_use.values():
+            entry.expires = min(entry.expires, now)
+        idle = self._idle[:]
+        self._idle.clear()
+        for entry in idle:
+            self._discard(entry, CloseReason.DRAINED, now, plan)
+        self._maybe_open(now, plan)
+        return plan
 
     def suspect(self, found: List[Tuple[Entry, float]], now: float) -> Plan:
         """The background probe saw data on these idle sockets: reserve the ones
@@ -961,6 +995,10 @@ class Core:
             connect_errors=self._connect_errors,
             connections_lost=self._lost,
             connections_leaked=self._leaked,
+            requests_cancelled=self._cancelled,
+            wait_ms_total=round(self._waits.total_seconds * 1000.0, 3),
+            connect_ms_total=round(self._connect_seconds * 1000.0, 3),
+            returns_broken=self._returns_broken,
             wait_ms_p50=self._waits.percentile_ms(0.50, unwaited),
             wait_ms_p99=self._waits.percentile_ms(0.99, unwaited),
             wait_ms_max=round(self._waits.max_seconds * 1000.0, 3),

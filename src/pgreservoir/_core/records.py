@@ -29,6 +29,7 @@ class CloseReason(enum.Enum):
     RESIZED = "pool shrunk by resize()"
     INTERRUPTED = "a check or clean-up of it was interrupted"
     ABANDONED = "connect finished after the pool no longer needed it"
+    DRAINED = "the pool was drained"
     NOT_KEPT = "returned to a pool that keeps no idle connections, and nobody waited"
 
 

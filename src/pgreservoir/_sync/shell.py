@@ -651,6 +651,20 @@ class SyncPool:
         # A moment for the thread to end (it is between two steps almost always).
         self._maintainer.stop(min(1.0, max(0.05, deadline - self._clock())))
 
+    def check_idle(self) -> None:
+        """Check every idle connection now, with a round trip; replace the dead ones."""
+        with self._lock:
+            plan = self.core.check_all(self._clock())
+        self.carry_out(plan)
+        for entry in plan.check:
+            self._check(entry, ping=True)
+
+    def drain(self) -> None:
+        """Replace every connection: idle ones now, those in use when they come back."""
+        with self._lock:
+            plan = self.core.drain(self._clock())
+        self.carry_out(plan)
+
     def mark_suspect(self) -> None:
         """A caller saw a disconnect error: idle connections get a round trip before use."""
         with self._lock:

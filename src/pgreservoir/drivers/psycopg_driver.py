@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Dict, Mapping, Optional
+import inspect
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 from .._core import BROKEN, CLEAN, DIRTY
 from . import check_rows
 from ._base import DriverBase, is_lost_sqlstate
+from ._conninfo import secrets_of, server_ports
 from ._sockets import Probe
 
 __all__ = ["AsyncPsycopgDriver", "PsycopgDriver"]
@@ -18,6 +20,21 @@ _PSYCOPG_ONLY = frozenset({"autocommit", "prepare_threshold", "row_factory", "cu
                            "context"})
 # pq.TransactionStatus values (plain ints: compared on every check-in).
 _IDLE, _ACTIVE, _INTRANS, _INERROR, _UNKNOWN = range(5)
+
+
+def _name_of(*sources: Any) -> str:
+    names = [getattr(s, "__qualname__", repr(s)) for s in sources if callable(s)]
+    return " and ".join(f"{name}()" for name in names)
+
+
+async def _resolve(source: Any) -> Any:
+    """A parameter, or what a callable (or coroutine function) returns."""
+    if not callable(source):
+        return source
+    value = source()
+    if inspect.isawaitable(value):
+        value = await value
+    return value
 
 
 def import_psycopg() -> Any:
@@ -38,27 +55,62 @@ class _PsycopgBase(DriverBase):
     generic alias (``MyConnection[DictRow]``), so it is only ever called,
     never compared with ``issubclass()``."""
 
-    __slots__ = ("_cls", "_conninfo", "_kwargs", "_notices", "_psycopg")
+    __slots__ = (
+        "_cls",
+        "_conninfo",
+        "_defaults",
+        "_dynamic",
+        "_kwargs",
+        "_notices",
+        "_psycopg",
+    )
 
     SETTINGS = ("autocommit", "isolation_level", "read_only", "deferrable")
 
     def __init__(
         self,
-        conninfo: Optional[str],
-        connect_kwargs: Mapping[str, Any],
+        conninfo: Any,
+        connect_kwargs: Any,
         connection_class: Any,
         *,
         defaults: Optional[Mapping[str, Any]] = None,
     ) -> None:
-        """Validate the connection options now, so a typo fails at construction."""
+        """Validate the connection options now, so a typo fails at construction.
+
+        ``conninfo`` (a str) and ``connect_kwargs`` (a mapping) may each be a
+        callable instead, returning them (the asyncio driver also accepts
+        coroutine functions): they are then called before every connect,
+        and checked then.
+        """
         psycopg = import_psycopg()
         self._psycopg = psycopg
         if not callable(getattr(connection_class, "connect", None)):
             raise TypeError(
                 f"connection_class must be a psycopg Connection class, got {connection_class!r}"
             )
+        self._cls = connection_class
+        self._defaults = dict(defaults or {})
+        # id(conn) -> severity of the last notice received outside a query
+        # (written by psycopg's notice callback, read by after_readable()).
+        self._notices: Dict[int, str] = {}
+        self._dynamic = callable(conninfo) or callable(connect_kwargs)
+        if self._dynamic:
+            self._conninfo: Any = conninfo
+            self._kwargs: Any = connect_kwargs
+            self._masked = f"(connection parameters from {_name_of(conninfo, connect_kwargs)})"
+            self._secrets = ()
+            self.server_ports = ()
+        else:
+            self._conninfo, self._kwargs = self._complete(conninfo, connect_kwargs)
+
+    def _complete(self, conninfo: Any, connect_kwargs: Any) -> Tuple[str, Dict[str, Any]]:
+        """Check connection parameters, add the defaults they lack, and remember
+        what to mask and where they go; the conninfo and keywords to connect with."""
+        psycopg = self._psycopg
         if conninfo is not None and not isinstance(conninfo, str):
             raise TypeError(f"conninfo must be a str, got {type(conninfo).__name__}")
+        if not isinstance(connect_kwargs, Mapping):
+            raise TypeError(f"kwargs must be a mapping, got {type(connect_kwargs).__name__}")
         kwargs: Dict[str, Any] = dict(connect_kwargs)
         libpq = {k: v for k, v in kwargs.items() if k not in _PSYCOPG_ONLY and v is not None}
         try:
@@ -67,17 +119,18 @@ class _PsycopgBase(DriverBase):
             psycopg.conninfo.make_conninfo("", **merged)
         except psycopg.ProgrammingError as exc:
             raise self._invalid(str(exc), conninfo) from None
-        for key, value in (defaults or {}).items():
+        for key, value in self._defaults.items():
             if key not in merged:
                 kwargs[key] = value
                 merged[key] = value
-        self._cls = connection_class
-        self._conninfo = conninfo or ""
-        self._kwargs = kwargs
-        self._adopt_options(merged)
-        # id(conn) -> severity of the last notice received outside a query
-        # (written by psycopg's notice callback, read by after_readable()).
-        self._notices: Dict[int, str] = {}
+        if self._dynamic:
+            # Remember every secret seen, for redaction; the latest ports, for fork.
+            secrets = set(self._secrets) | set(secrets_of(merged))
+            self._secrets = tuple(secrets)
+            self.server_ports = server_ports(merged)
+        else:
+            self._adopt_options(merged)
+        return conninfo or "", kwargs
 
     def _watch(self, conn: Any) -> None:
         """Record notices that arrive outside a query (a FATAL before a hang-up)."""
@@ -196,7 +249,13 @@ class PsycopgDriver(_PsycopgBase):
     __slots__ = ()
 
     def connect(self) -> Any:
-        conn = self._cls.connect(self._conninfo, **self._kwargs)
+        conninfo, kwargs = self._conninfo, self._kwargs
+        if self._dynamic:
+            conninfo, kwargs = self._complete(
+                conninfo() if callable(conninfo) else conninfo,
+                kwargs() if callable(kwargs) else kwargs,
+            )
+        conn = self._cls.connect(conninfo, **kwargs)
         self._watch(conn)
         error = self._check_new(conn)
         if error is not None:
@@ -207,6 +266,8 @@ class PsycopgDriver(_PsycopgBase):
     def close(self, conn: Any) -> None:
         self._notices.pop(id(conn), None)
         with contextlib.suppress(Exception):
+            # A pool with close_returns would take conn.close() for a return.
+            conn._pool = None
             conn.close()
 
     def force_close(self, conn: Any) -> None:
@@ -236,7 +297,12 @@ class AsyncPsycopgDriver(_PsycopgBase):
     __slots__ = ()
 
     async def connect(self) -> Any:
-        conn = await self._cls.connect(self._conninfo, **self._kwargs)
+        conninfo, kwargs = self._conninfo, self._kwargs
+        if self._dynamic:
+            conninfo, kwargs = self._complete(
+                await _resolve(conninfo), await _resolve(kwargs)
+            )
+        conn = await self._cls.connect(conninfo, **kwargs)
         self._watch(conn)
         error = self._check_new(conn)
         if error is not None:
@@ -253,10 +319,15 @@ class AsyncPsycopgDriver(_PsycopgBase):
             conn.pgconn.finish()
 
     def force_close(self, conn: Any) -> None:
-        # A task may be awaiting a query on it: shutting the socket makes that
-        # query fail at once (the task then sees a closed connection); the
-        # libpq connection is freed when it comes back or is collected.
+        # A task may be awaiting a query on it (holding the connection's lock):
+        # shutting the socket makes that query fail at once, and the libpq
+        # connection is freed when it comes back or is collected. Freed now
+        # only when no task is inside a query: its socket must not vanish
+        # under an awaiting reader.
         self.interrupt(conn)
+        lock = getattr(conn, "lock", None)
+        if lock is not None and not lock.locked():
+            self.close_now(conn)
 
     async def clean(self, conn: Any, baseline: Any) -> None:
         if conn.pgconn.transaction_status != _IDLE:
