@@ -430,7 +430,7 @@ def test_close_fails_waiters_closes_idle_and_abandons_connects() -> None:
     assert len(forced.force) == 1
     assert core.settled()
     assert core.gauges()["size"] == 0
-    assert core.close(T0 + 4).wake == []  # idempotent
+    assert not core.close(T0 + 4).wake  # idempotent
     refused = core.checkout(T0 + 5, 0.0)
     assert isinstance(refused, Plan)
     assert isinstance(refused.error, PoolClosed)

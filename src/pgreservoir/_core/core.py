@@ -40,7 +40,7 @@ import math
 import random
 import weakref
 from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple, Type, Union
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple, Type, Union
 
 from ..errors import PoolClosed, PoolError, PoolTimeout, TooManyRequests
 from ..options import PoolOptions
@@ -350,7 +350,7 @@ class Core:
         plan = Plan()
         if entry.state is _CLOSED:  # closed by close() meanwhile: the caller closes it
             self._forced.pop(entry.key, None)
-            plan.close.append(entry)
+            plan.add("close", entry)
         else:
             del self.in_use[entry.key]
             self._return(entry, now, plan, entry.last_used)
@@ -374,7 +374,7 @@ class Core:
         plan = Plan()
         if entry.state is _CLOSED:  # closed by close() meanwhile: the caller closes it
             self._forced.pop(entry.key, None)
-            plan.close.append(entry)
+            plan.add("close", entry)
         else:
             del self.in_use[entry.key]
             self._discard(entry, reason, now, plan)
@@ -420,7 +420,7 @@ class Core:
             # Closed by close() after its timeout (or disowned after a fork):
             # nothing left to do but close our side.
             forced.conn = conn
-            plan.close.append(forced)
+            plan.add("close", forced)
             return plan
         plan.error = self._error(
             PoolError,
@@ -454,11 +454,11 @@ class Core:
         """The clean-up of a returned connection finished (``failure``: why it failed)."""
         plan = Plan()
         if entry.state is _CLOSED:  # closed by close() meanwhile: the cleaner closes it
-            plan.close.append(entry)
+            plan.add("close", entry)
             return plan
         self._reserved.discard(entry)
         if failure is not None:
-            plan.events.append(("reset_failed", failure))
+            plan.add("events", ("reset_failed", failure))
             self._discard(entry, CloseReason.RESET_FAILED, now, plan)
         else:
             self._return(entry, now, plan, now)
@@ -478,7 +478,7 @@ class Core:
 
     def _place(self, entry: Entry, now: float, plan: Plan) -> None:
         if self._waiters:
-            plan.wake.append(self._hand_off(entry, now))
+            plan.add("wake", self._hand_off(entry, now))
         elif self._keep_idle:
             entry.state = _IDLE
             self._idle.append(entry)
@@ -499,12 +499,12 @@ class Core:
         entry.ref = None  # closed by us: not to be reported as garbage-collected
         self._size -= 1
         self._closed_count += 1
-        plan.close.append(entry)
+        plan.add("close", entry)
         if reason is CloseReason.DEAD or reason is CloseReason.BROKEN:
             self._lost += 1
             self._suspect_before = now
         if reason not in _QUIET:
-            plan.events.append(("closed", reason.value))
+            plan.add("events", ("closed", reason.value))
         self._maybe_open(now, plan)
 
     # ------------------------------------------------------------------
@@ -556,7 +556,7 @@ class Core:
         ticket.conn = conn
         ticket.key = id(conn)
         if ticket.state is _CLOSED:
-            plan.close.append(ticket)
+            plan.add("close", ticket)
             if ticket.for_caller:
                 plan.error = self._error(PoolClosed, "connection pool is closed")
         return plan
@@ -569,7 +569,7 @@ class Core:
         """
         plan = Plan()
         if ticket.state is _CLOSED:  # abandoned by close() while configuring
-            plan.close.append(ticket)
+            plan.add("close", ticket)
             return plan
         self._end_open(ticket)
         self._connect_seconds += max(0.0, now - ticket.created)
@@ -580,8 +580,8 @@ class Core:
             self._reap_collected(now, plan)
         self._opened += 1
         if self._failing:
-            plan.events.append(
-                ("reconnected", f"after {now - self._failing_since:.1f} s of failures")
+            plan.add(
+                "events", ("reconnected", f"after {now - self._failing_since:.1f} s of failures")
             )
         self._failing = False
         self._attempts = 0
@@ -619,7 +619,7 @@ class Core:
         """
         plan = Plan()
         if ticket.conn is not None:
-            plan.close.append(ticket)
+            plan.add("close", ticket)
         if ticket.state is _CLOSED:  # abandoned meanwhile: its slot is free already
             return plan
         self._end_open(ticket)
@@ -637,14 +637,14 @@ class Core:
         delay = min(BACKOFF_MAX, BACKOFF_INITIAL * 2.0 ** (self._attempts - 1))
         self._next_attempt_at = now + delay * (0.8 + 0.4 * self._random())
         if not ticket.inline:
-            plan.events.append(("connect_error", detail))
+            plan.add("events", ("connect_error", detail))
         if self._fail_fast:
             # Everybody waiting gets the error now; keep one attempt going.
             while self._waiters:
                 waiter = self._waiters.popleft()
                 self._timeouts += 1
                 waiter.error = self._timeout_error(now - waiter.since)
-                plan.wake.append(waiter)
+                plan.add("wake", waiter)
             self._probe_wanted = True
         self._maybe_open(now, plan)
         return plan
@@ -671,23 +671,22 @@ class Core:
             self._report_leaks(now, plan)
         self._retire_idle(now, plan)
         if self._keepalive is not None:
-            due = [
-                e for e in self._idle if now - max(e.last_used, e.checked_at) >= self._keepalive
-            ]
+            due = [e for e in self._idle if now - max(e.last_used, e.checked_at) >= self._keepalive]
             for entry in due:
                 self._idle.remove(entry)
                 self._reserve(entry)
-                plan.check.append(entry)
+                plan.add("check", entry)
         plan.poll = [(entry, entry.taken_at) for entry in self._idle]
         failing_for = now - self._failing_since
         if self._failing and not self._gave_up and failing_for >= self._reconnect_timeout:
             self._gave_up = True
             plan.reconnect_failed = True
-            plan.events.append(
+            plan.add(
+                "events",
                 (
                     "reconnect_failed",
                     f"no connection for {self._reconnect_timeout:.0f} s; still retrying",
-                )
+                ),
             )
         self._maybe_open(now, plan)
         return plan
@@ -723,7 +722,7 @@ class Core:
         self._maybe_open(now, plan)
         return plan
 
-    def suspect(self, found: List[Tuple[Entry, float]], now: float) -> Plan:
+    def suspect(self, found: Sequence[Tuple[Entry, float]], now: float) -> Plan:
         """The background probe saw data on these idle sockets: reserve the ones
         still idle and not handed out since (same ``taken_at``), for a full
         check (``plan.check``)."""
@@ -732,14 +731,14 @@ class Core:
             if entry.state is _IDLE and entry.taken_at == taken_at and not self.closed:
                 self._idle.remove(entry)
                 self._reserve(entry)
-                plan.check.append(entry)
+                plan.add("check", entry)
         return plan
 
     def checked(self, entry: Entry, alive: bool, now: float) -> Plan:
         """A background check of ``entry`` (from ``plan.check``) finished."""
         plan = Plan()
         if entry.state is _CLOSED:  # closed by close() meanwhile: the checker closes it
-            plan.close.append(entry)
+            plan.add("close", entry)
             return plan
         self._reserved.discard(entry)
         if not alive:
@@ -788,15 +787,14 @@ class Core:
             if entry is not None and entry.ref is not None and entry.ref() is None:
                 del self.in_use[key]
                 self._leaked += 1
-                where = (
-                    f"; it was taken at:\n{format_stack(entry.trace)}" if entry.trace else ""
-                )
-                plan.events.append(
+                where = f"; it was taken at:\n{format_stack(entry.trace)}" if entry.trace else ""
+                plan.add(
+                    "events",
                     (
                         "leak",
                         "a connection was garbage-collected without being returned; "
                         f"its slot is free again{where}",
-                    )
+                    ),
                 )
                 # Nothing to close: the connection object is gone.
                 entry.state = _CLOSED
@@ -813,13 +811,14 @@ class Core:
             if not entry.leak_reported and held >= self._leak_threshold:
                 entry.leak_reported = True
                 self._leaked += 1
-                plan.events.append(
+                plan.add(
+                    "events",
                     (
                         "leak",
                         f"a connection has been held for {held:.1f} s (leak_threshold="
                         f"{self._leak_threshold:g}); it was taken at:\n"
                         f"{format_stack(entry.trace)}",
-                    )
+                    ),
                 )
 
     def note_collected(self, key: int) -> None:
@@ -861,7 +860,7 @@ class Core:
         while self._waiters:
             waiter = self._waiters.popleft()
             waiter.error = self._error(PoolClosed, "connection pool is closed")
-            plan.wake.append(waiter)
+            plan.add("wake", waiter)
         idle = self._idle[:]
         self._idle.clear()
         for entry in idle:
@@ -894,19 +893,19 @@ class Core:
             self._forced[key] = entry
             conn = entry.ref() if entry.ref is not None else entry.conn
             if conn is not None:
-                plan.force.append(conn)
+                plan.add("force", conn)
             forced += 1
         for entry in list(self._reserved) + [t for t in self._opening if t.conn is not None]:
             self._reserved.discard(entry)
             if entry in self._opening:
                 self._end_open(entry)
             entry.state = _CLOSED
-            plan.interrupt.append(entry.conn)
+            plan.add("interrupt", entry.conn)
             forced += 1
         self._size -= forced
         self._closed_count += forced
         if forced:
-            plan.events.append(("forced", f"{forced} connections still in use were closed"))
+            plan.add("events", ("forced", f"{forced} connections still in use were closed"))
         return plan
 
     def after_fork(self) -> Tuple[List[Any], List[Entry]]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 from .records import Entry, Waiter
+
+_NONE: Tuple[Any, ...] = ()
 
 
 class Plan:
@@ -34,6 +36,8 @@ class Plan:
     )
 
     def __init__(self) -> None:
+        # A plan is made on every slow path: its lists start as one shared
+        # empty tuple and become lists only when something is added.
         # -- for the calling thread
         self.entry: Optional[Entry] = None  # handed to the caller: check it, then use it
         self.waiter: Optional[Waiter] = None  # the caller is in line: wait on it
@@ -41,15 +45,23 @@ class Plan:
         self.clean: Optional[Entry] = None  # reserved for the caller to clean, then cleaned()
         self.error: Optional[BaseException] = None  # raise it (after the side effects)
         # -- side effects
-        self.wake: List[Waiter] = []  # outcome set: wake them
-        self.close: List[Entry] = []  # CLOSED entries: close their connection
-        self.interrupt: List[Any] = []  # a pool thread is using them: shut their socket
-        self.force: List[Any] = []  # a caller holds them: close by force
+        self.wake: Sequence[Waiter] = _NONE  # outcome set: wake them
+        self.close: Sequence[Entry] = _NONE  # CLOSED entries: close their connection
+        self.interrupt: Sequence[Any] = _NONE  # a pool thread is using them: shut their socket
+        self.force: Sequence[Any] = _NONE  # a caller holds them: close by force
         self.open = 0  # background opens requested
-        self.check: List[Entry] = []  # reserved for a background check, then checked()
-        self.poll: List[Tuple[Entry, float]] = []  # idle (entry, taken_at): probe, suspect()
-        self.events: List[Tuple[str, str]] = []  # (kind, detail) to log
+        self.check: Sequence[Entry] = _NONE  # reserved for a background check, then checked()
+        self.poll: Sequence[Tuple[Entry, float]] = _NONE  # idle (entry, taken_at) to probe
+        self.events: Sequence[Tuple[str, str]] = _NONE  # (kind, detail) to log
         self.reconnect_failed = False  # call the reconnect_failed callback
+
+    def add(self, field: str, item: Any) -> None:
+        """Append ``item`` to the list ``field`` (made on first use)."""
+        items = getattr(self, field)
+        if items is _NONE:
+            setattr(self, field, [item])
+        else:
+            items.append(item)
 
     def __bool__(self) -> bool:
         """Whether there are side effects to carry out."""
