@@ -133,8 +133,6 @@ class PoolOptions(_options.PoolOptions):
         )
 
 
-
-
 def _check_conn_sizes(minconn: Any, maxconn: Any) -> tuple[int, int]:
     """psycopg2 coerces with int(); then refuse what would make no sense."""
     lo, hi = int(minconn), int(maxconn)
@@ -207,7 +205,10 @@ class AbstractConnectionPool(PoolHelpers):
         dsn = kwargs.pop("dsn", None)
         name = options.name or next_pool_name()
         driver = make_driver(dsn, kwargs, defaults=options.connect_defaults, args=args)
-        core = Core(options, name=name, min_size=lo, max_size=hi, inline=True)
+        # Timeouts carry psycopg2's message from the core on: no second error
+        # to build for each "exhausted" that a retry loop asks for again.
+        refusal = (EXHAUSTED_MESSAGE, _NOTE_WAIT if options.timeout == 0 else "")
+        core = Core(options, name=name, min_size=lo, max_size=hi, inline=True, refusal=refusal)
         shell = SyncPool(
             core,
             driver,
@@ -309,9 +310,9 @@ class AbstractConnectionPool(PoolHelpers):
     def _acquire_failed(self, exc: _PoolError, timeout: float) -> Any:
         """Translate a checkout error, or wait for a slot the refill is re-opening."""
         shell = self._shell
-        if isinstance(exc, PoolTimeout) and timeout == 0 and not shell.core.closed:
-            gauges = shell.gauges()
-            if gauges["in_use"] < gauges["max_size"] and gauges["opening"] > 0:
+        if type(exc) is PoolTimeout and timeout == 0 and exc._gauges:
+            _, max_size, _, _, in_use, _, opening = exc._gauges
+            if in_use < max_size and opening > 0 and not shell.core.closed:
                 # Not exhausted in psycopg2's sense: a slot is being re-opened
                 # by the background refill (the pool dropped a broken
                 # connection just now). psycopg2 would connect in this thread;
@@ -325,6 +326,11 @@ class AbstractConnectionPool(PoolHelpers):
                     exc = waited
                 except _PoolError as other:
                     exc = other
+            else:
+                try:  # already in psycopg2's words (the core's refusal)
+                    raise exc
+                finally:
+                    del exc  # no cycle through this frame (see errors.throw)
         raise self._compat_error(exc, EXHAUSTED_MESSAGE) from exc.__cause__
 
     def _getconn_keyed(self, key: Any) -> Any:
@@ -460,6 +466,8 @@ class AbstractConnectionPool(PoolHelpers):
 
     def _compat_error(self, exc: _PoolError, default: str) -> _PoolError:
         """The core's error with psycopg2's message; the core's text becomes a note."""
+        if type(exc) is PoolTimeout and exc.args == (EXHAUSTED_MESSAGE,):
+            return exc  # the core's refusal: psycopg2's message already
         if isinstance(exc, PoolClosed):
             text = CLOSED_MESSAGE
         elif isinstance(exc, (PoolTimeout, TooManyRequests)):
@@ -482,10 +490,7 @@ class AbstractConnectionPool(PoolHelpers):
         return err
 
     def __repr__(self) -> str:
-        return (
-            f"<{type(self).__name__} {self.name!r} {self._shell.describe()} "
-            f"({self._conninfo})>"
-        )
+        return f"<{type(self).__name__} {self.name!r} {self._shell.describe()} ({self._conninfo})>"
 
 
 class SimpleConnectionPool(AbstractConnectionPool):

@@ -568,3 +568,25 @@ def test_a_pool_collected_while_open_warns_once_and_cleans_up(
         await until(lambda: postgres_server.connection_count(dbname) == 0, "all closed")
 
     run(main())
+
+
+def test_refusals_and_timeouts_make_no_garbage(postgres_dsn: str) -> None:
+    # Callers retry refusals in loops: each must not leave a reference cycle
+    # (exception -> traceback -> frame -> exception) for the collector.
+    async def main() -> int:
+        async with AsyncConnectionPool(postgres_dsn, min_size=1, max_size=1) as pool:
+            await pool.wait(30)
+            held = await pool.getconn()
+            gc.collect()
+            gc.disable()
+            try:
+                for timeout in [0.0] * 100 + [0.001] * 10:
+                    with pytest.raises(PoolTimeout):
+                        await pool.getconn(timeout=timeout)
+                garbage = gc.collect()
+            finally:
+                gc.enable()
+            await pool.putconn(held)
+            return garbage
+
+    assert run(main()) == 0

@@ -39,7 +39,7 @@ from .._logging import logger
 from .._sync.shell import MIN_CHECK_TIME
 from ..drivers import AsyncDriver
 from ..drivers._sockets import close_probe, open_fds, stray_sockets
-from ..errors import PoolClosed, PoolError
+from ..errors import PoolClosed, PoolError, throw
 from ..options import PoolOptions, check_seconds
 
 __all__ = ["AsyncPool"]
@@ -138,9 +138,7 @@ class AsyncPool:
             return
         self._started = True
         plan = self.core.start(self.clock())
-        self._maintenance = loop.create_task(
-            self._maintain(), name=f"pgreservoir-{self.name}"
-        )
+        self._maintenance = loop.create_task(self._maintain(), name=f"pgreservoir-{self.name}")
         self.carry_out(plan)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], what: str) -> asyncio.Task[Any]:
@@ -187,7 +185,7 @@ class AsyncPool:
             if plan is not None:
                 self.carry_out(plan)
                 if plan.error is not None:
-                    raise plan.error
+                    throw(plan.take_error())
                 entry = plan.entry
                 if plan.waiter is not None:
                     entry = await self._wait(plan.waiter, deadline)
@@ -197,8 +195,7 @@ class AsyncPool:
                 return conn
             # It was dead (and is discarded): try again, at the head of the line.
             now = self.clock()
-            got = self.core.checkout(now, max(0.0, deadline - now) if wait > 0 else 0.0,
-                                     retry=True)
+            got = self.core.checkout(now, max(0.0, deadline - now) if wait > 0 else 0.0, retry=True)
             if type(got) is Entry:
                 entry, plan = got, None
             else:
@@ -219,13 +216,13 @@ class AsyncPool:
             raise
         timer.cancel()
         if waiter.error is not None:
-            raise waiter.error
+            throw(waiter.take_error())
         if waiter.entry is not None:
             return waiter.entry
         plan = self.core.give_up(waiter, self.clock())  # the timer woke us
         self.carry_out(plan)
         if plan.error is not None:
-            raise plan.error
+            throw(plan.take_error())
         assert plan.entry is not None
         return plan.entry
 

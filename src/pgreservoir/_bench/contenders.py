@@ -233,18 +233,13 @@ def _open_pgreservoir_threaded(target: Target, size: int) -> Session:
 # ---------------------------------------------------------------------------
 
 
-def _open_psycopg2(target: Target, size: int) -> Session:
-    pool = psycopg2.pool.ThreadedConnectionPool(
-        size, size, target.dsn, **target.psycopg2_kwargs()
-    )
-    getconn = pool.getconn
-    retries = _Counter()
+def _retrying(getconn: Acquire, retries: _Counter) -> Acquire:
+    """The loop psycopg2.pool users write: ``getconn`` raises "connection pool
+    exhausted" at once when every connection is out, so they sleep and retry."""
     count = retries.add
     exhausted = psycopg2.pool.PoolError
     sleep = time.sleep
 
-    # The loop psycopg2.pool users write: it raises at once when all
-    # connections are out, so they retry after a short sleep.
     def acquire() -> Any:
         while True:
             try:
@@ -253,8 +248,26 @@ def _open_psycopg2(target: Target, size: int) -> Session:
                 count()
                 sleep(PSYCOPG2_RETRY_DELAY)
 
-    return Session(acquire, pool.putconn, pool.closeall, retries=retries.get, warm=size,
-                   alone=(getconn, pool.putconn))
+    return acquire
+
+
+def _open_psycopg2(target: Target, size: int) -> Session:
+    pool = psycopg2.pool.ThreadedConnectionPool(
+        size, size, target.dsn, **target.psycopg2_kwargs()
+    )
+    retries = _Counter()
+    return Session(_retrying(pool.getconn, retries), pool.putconn, pool.closeall,
+                   retries=retries.get, warm=size, alone=(pool.getconn, pool.putconn))
+
+
+def _open_pgreservoir_dropin(target: Target, size: int) -> Session:
+    # The drop-in exactly as an import swap leaves it: psycopg2's defaults
+    # (no waiting) under the same retry loop as psycopg2.pool.
+    module: Any = importlib.import_module("pgreservoir.pool")
+    pool = module.ThreadedConnectionPool(size, size, target.dsn, **target.psycopg2_kwargs())
+    retries = _Counter()
+    return Session(_retrying(pool.getconn, retries), pool.putconn, pool.closeall,
+                   retries=retries.get, warm=size, alone=(pool.getconn, pool.putconn))
 
 
 def _open_psycopg_pool(target: Target, size: int) -> Session:
@@ -368,6 +381,15 @@ CONTENDERS: Tuple[Contender, ...] = (
         _open_pgreservoir_threaded,
         "pgreservoir.pool.ThreadedConnectionPool (psycopg2 drop-in), "
         "pool_options=PoolOptions(timeout=60)",
+    ),
+    Contender(
+        "pgreservoir-dropin",
+        "pgreservoir.pool+retry",
+        "pgreservoir",
+        ("pgreservoir.pool",),
+        _open_pgreservoir_dropin,
+        "pgreservoir.pool.ThreadedConnectionPool at psycopg2's defaults (no waiting) "
+        f"+ the same retry loop (sleep {PSYCOPG2_RETRY_DELAY * 1000:g} ms)",
     ),
     Contender(
         "psycopg2",

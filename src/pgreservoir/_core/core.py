@@ -44,7 +44,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Set, Tu
 
 from ..errors import PoolClosed, PoolError, PoolTimeout, TooManyRequests
 from ..options import PoolOptions
-from ..stats import WaitHistogram
+from ..stats import GAUGE_KEYS, WaitHistogram
 from .plan import Plan
 from .records import CHECK, PING, PROBE, CloseReason, Entry, State, Waiter
 
@@ -98,6 +98,7 @@ class Core:
         inline: bool = False,
         lifo: bool = True,
         keep_idle: bool = True,
+        refusal: Optional[Tuple[str, str]] = None,
         rng: Callable[[], float] = random.random,
     ) -> None:
         """``min_size``/``max_size`` validated by the caller. ``inline``: a caller
@@ -105,9 +106,13 @@ class Core:
         semantics); ``lifo``: reuse the most recently returned connection first
         (else in turn, oldest first); ``keep_idle=False``: a connection nobody
         waits for is closed (a null pool: min_size 0, no idle connections);
+        ``refusal``: (message, hint) of every PoolTimeout, the core's own account
+        and the hint becoming notes made only if read (the psycopg2 drop-in's
+        "connection pool exhausted", which callers retry in a loop);
         ``rng`` jitters lifetimes and backoff."""
         self.name = name
         self._keep_idle = keep_idle
+        self._refusal = refusal
         #: Makes a waiter's wake-up primitive (``Waiter.handle``); the shell
         #: that drives this core sets it: a held Lock, a Future...
         self.new_handle: Callable[[], Any] = lambda: None
@@ -1048,19 +1053,55 @@ class Core:
         return err
 
     def _timeout_error(self, waited: float) -> PoolError:
-        g = self.gauges()
-        what = (
-            f"no connection available after {waited:.2f} s "
-            f"(size {g['size']}/{g['max_size']}, idle {g['idle']}, in use {g['in_use']}, "
-            f"{g['waiting']} waiting)"
+        gauges = (
+            self.min_size,
+            self.max_size,
+            self._size,
+            len(self._idle),
+            len(self.in_use),
+            len(self._waiters),
+            len(self._opening) + self._to_open,
         )
         cause = self._last_error if self._failing else None
+        detail = self._last_detail if cause is not None else ""
+        if self._refusal is None:
+            err = PoolTimeout(
+                _timeout_text(self.name, waited, gauges, detail),
+                pool_name=self.name,
+                snapshot=dict(zip(GAUGE_KEYS, gauges)),
+            )
+        else:
+            message, hint = self._refusal
+            notes_args = (self.name, waited, gauges, detail, hint)
+            err = PoolTimeout._deferred(message, self.name, gauges, _timeout_notes, notes_args)
         if cause is not None:
-            what += f"; connecting is failing: {self._last_detail}"
-        return self._error(PoolTimeout, what, cause=cause)
+            err.__cause__ = cause
+        return err
 
     def __repr__(self) -> str:
         return f"<Core {self.name!r} {self.describe()}>"
+
+
+def _timeout_text(name: str, waited: float, gauges: Tuple[int, ...], detail: str) -> str:
+    """The account of a PoolTimeout (``gauges`` in GAUGE_KEYS order)."""
+    _, max_size, size, idle, in_use, waiting, _ = gauges
+    text = (
+        f"pool {name!r}: no connection available after {waited:.2f} s "
+        f"(size {size}/{max_size}, idle {idle}, in use {in_use}, {waiting} waiting)"
+    )
+    if detail:
+        text += f"; connecting is failing: {detail}"
+    return text
+
+
+def _timeout_notes(
+    name: str, waited: float, gauges: Tuple[int, ...], detail: str, hint: str
+) -> List[str]:
+    """The notes of a PoolTimeout with a ``refusal`` message."""
+    notes = [f"pgreservoir: {_timeout_text(name, waited, gauges, detail)}"]
+    if hint:
+        notes.append(hint)
+    return notes
 
 
 def _note_collected(collected: List[int], key: int, ref: Any) -> None:

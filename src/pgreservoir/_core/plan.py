@@ -55,6 +55,13 @@ class Plan:
         self.events: Sequence[Tuple[str, str]] = _NONE  # (kind, detail) to log
         self.reconnect_failed = False  # call the reconnect_failed callback
 
+    def take_error(self) -> BaseException:
+        """The error to raise, no longer referenced by the plan (see ``errors.throw``)."""
+        error = self.error
+        assert error is not None
+        self.error = None
+        return error
+
     def add(self, field: str, item: Any) -> None:
         """Append ``item`` to the list ``field`` (made on first use)."""
         items = getattr(self, field)

@@ -114,3 +114,10 @@ class Waiter:
         self.entry: Optional[Entry] = None
         self.error: Optional[BaseException] = None
         self.handle: Any = None
+
+    def take_error(self) -> BaseException:
+        """The error it was woken with, no longer referenced here (see ``errors.throw``)."""
+        error = self.error
+        assert error is not None
+        self.error = None
+        return error

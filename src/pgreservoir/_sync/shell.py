@@ -40,7 +40,7 @@ from .._core import (
 from .._logging import logger
 from ..drivers import Driver
 from ..drivers._sockets import close_probe, open_fds, stray_sockets
-from ..errors import PoolError
+from ..errors import PoolError, throw
 from ..options import PoolOptions, check_seconds
 from .background import Maintainer
 from .deadlines import Deadline, watchdog
@@ -191,8 +191,9 @@ class SyncPool:
             # It was dead (and is discarded): try again, at the head of the line.
             now = self._clock()
             with self._lock:
-                got = self.core.checkout(now, max(0.0, deadline - now) if wait > 0 else 0.0,
-                                         retry=True)
+                got = self.core.checkout(
+                    now, max(0.0, deadline - now) if wait > 0 else 0.0, retry=True
+                )
             if type(got) is Entry:
                 entry, plan = got, None
             else:
@@ -206,7 +207,7 @@ class SyncPool:
             self._abandon_checkout(plan)
             raise
         if plan.error is not None:
-            raise plan.error
+            throw(plan.take_error())
         if plan.waiter is not None:
             return self._wait(plan.waiter, deadline)
         return plan.entry
@@ -229,14 +230,8 @@ class SyncPool:
         """Wait in line until served or ``deadline``; PoolTimeout/PoolClosed otherwise."""
         try:
             left = deadline - self._clock()
-            if left > 0 and waiter.handle.acquire(True, min(left, threading.TIMEOUT_MAX)):
-                if waiter.error is not None:
-                    raise waiter.error
-                assert waiter.entry is not None
-                return waiter.entry
-        except BaseException as exc:
-            if exc is waiter.error:
-                raise
+            woken = left > 0 and waiter.handle.acquire(True, min(left, threading.TIMEOUT_MAX))
+        except BaseException:
             # Interrupted (a signal handler, a soft time limit...), whether or
             # not served already: leave the line; what we were handed goes to
             # the next in line or back to idle.
@@ -244,11 +239,16 @@ class SyncPool:
                 plan = self.core.give_up(waiter, self._clock(), interrupted=True)
             self.carry_out(plan)
             raise
+        if woken:
+            if waiter.error is not None:
+                throw(waiter.take_error())
+            assert waiter.entry is not None
+            return waiter.entry
         with self._lock:
             plan = self.core.give_up(waiter, self._clock())
         self.carry_out(plan)
         if plan.error is not None:
-            raise plan.error
+            throw(plan.take_error())
         assert plan.entry is not None  # served at the very moment we gave up
         return plan.entry
 
