@@ -8,7 +8,7 @@ import threading
 import weakref
 from typing import Any, Dict, List, Optional
 
-from pgreservoir._core import BROKEN, CLEAN, DIRTY, Core
+from pgreservoir._core import BROKEN, CLEAN, DIRTY, RESTORE, Core
 from pgreservoir._sync.shell import SyncPool
 from pgreservoir.options import PoolOptions, check_sizes
 
@@ -43,6 +43,7 @@ class FakeDriver:
         self.fail_clean = False
         self.connect_gate: Optional[threading.Event] = None  # block connects until set
         self.cleaned = 0
+        self.restored = 0
         self.pings = 0
         self.probes = 0
         self._lock = threading.Lock()
@@ -94,9 +95,15 @@ class FakeDriver:
     def verdict(self, conn: Any, baseline: Any) -> int:
         if conn.closed:
             return BROKEN
-        if conn.in_transaction or conn.autocommit != baseline[0]:
+        if conn.in_transaction:
             return DIRTY
+        if conn.autocommit != baseline[0]:
+            return RESTORE
         return CLEAN
+
+    def restore(self, conn: Any, baseline: Any) -> None:
+        self.restored += 1
+        conn.autocommit = baseline[0]
 
     def _round_trip(self, conn: Any) -> None:
         if conn.hang.is_set():

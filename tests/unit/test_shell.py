@@ -213,6 +213,37 @@ def test_dirty_return_is_cleaned_and_kept() -> None:
     engine.close(0.0)
 
 
+def test_changed_settings_are_put_back_at_check_in_without_a_clean_up() -> None:
+    driver = FakeDriver()
+    engine = make_shell(driver, min_size=1)
+    engine.wait(DEADLINE)
+    conn = engine.acquire()
+    baseline = conn.autocommit
+    conn.autocommit = not baseline
+    engine.release(conn)
+    assert driver.restored == 1
+    assert driver.cleaned == 0  # no reserved slot, no watchdog, no round trip
+    assert conn.autocommit is baseline
+    assert engine.acquire() is conn
+    check_invariant(engine)
+    engine.close(0.0)
+
+
+def test_changed_settings_go_through_reset_when_there_is_one() -> None:
+    driver = FakeDriver()
+    resets: List[Any] = []
+    engine = make_shell(driver, min_size=1, reset=resets.append)
+    engine.wait(DEADLINE)
+    conn = engine.acquire()
+    conn.autocommit = not conn.autocommit
+    engine.release(conn)
+    assert resets == [conn]
+    assert driver.cleaned == 1
+    assert driver.restored == 0
+    check_invariant(engine)
+    engine.close(0.0)
+
+
 def test_clean_return_does_no_work() -> None:
     driver = FakeDriver()
     engine = make_shell(driver, min_size=1)

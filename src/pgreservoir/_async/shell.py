@@ -34,7 +34,20 @@ import warnings
 import weakref
 from typing import Any, Awaitable, Callable, Coroutine, List, Optional, Set, Tuple
 
-from .._core import BROKEN, CLEAN, CLOSE, DIRTY, PING, PROBE, CloseReason, Core, Entry, Plan, Waiter
+from .._core import (
+    BROKEN,
+    CLEAN,
+    CLOSE,
+    DIRTY,
+    PING,
+    PROBE,
+    RESTORE,
+    CloseReason,
+    Core,
+    Entry,
+    Plan,
+    Waiter,
+)
 from .._logging import logger
 from .._sync.shell import MIN_CHECK_TIME
 from ..drivers import AsyncDriver
@@ -334,7 +347,7 @@ class AsyncPool:
             verdict = self._verdict(conn, entry.baseline)
             if close:
                 verdict = BROKEN if verdict == BROKEN else CLOSE
-            elif verdict == CLEAN and self._reset is not None:
+            elif verdict == RESTORE or (verdict == CLEAN and self._reset is not None):
                 verdict = DIRTY
         got = self.core.checkin(entry, conn, verdict, now)
         if got is None:

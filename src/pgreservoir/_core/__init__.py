@@ -8,6 +8,7 @@ from .core import (
     CLOSE,
     DIRTY,
     LIFETIME_JITTER,
+    RESTORE,
     Core,
     format_stack,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "LIFETIME_JITTER",
     "PING",
     "PROBE",
+    "RESTORE",
     "CloseReason",
     "Core",
     "Entry",

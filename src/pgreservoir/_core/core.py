@@ -74,6 +74,10 @@ CLEAN = 0  # idle, settings unchanged: straight back to the pool
 DIRTY = 1  # in a transaction, in error, or settings changed: clean it first
 BROKEN = 2  # closed, broken or in an unknown state: discard
 CLOSE = 3
+# From a driver to the shell only: idle, and only client-side settings
+# changed (autocommit, isolation level...). The shell puts them back, which
+# needs no round trip, and checks the connection in as CLEAN.
+RESTORE = 4
 
 _OPENING = State.OPENING
 _IDLE = State.IDLE

@@ -31,6 +31,7 @@ from .._core import (
     DIRTY,
     PING,
     PROBE,
+    RESTORE,
     CloseReason,
     Core,
     Entry,
@@ -356,6 +357,8 @@ class SyncPool:
             if close:
                 # A broken one is a lost one (counted; its siblings get checked).
                 verdict = BROKEN if verdict == BROKEN else CLOSE
+            elif verdict == RESTORE:
+                verdict = self._restore(conn, entry.baseline)
             elif verdict == CLEAN and self._reset is not None:
                 verdict = DIRTY
         lock = self._lock
@@ -370,6 +373,18 @@ class SyncPool:
             got.handle.release()
             return
         self._release_slow(got)  # type: ignore[arg-type]
+
+    def _restore(self, conn: Any, baseline: Any) -> int:
+        """Settings changed on an idle connection: put them back here (no I/O,
+        so no watchdog) rather than on the clean-up path; DIRTY if that fails
+        or reset() must run anyway."""
+        if self._reset is not None:
+            return DIRTY
+        try:
+            self.driver.restore(conn, baseline)
+        except Exception:
+            return DIRTY  # the clean-up tries again and discards it if it fails
+        return CLEAN
 
     def _release_slow(self, plan: Plan) -> None:
         entry = plan.clean

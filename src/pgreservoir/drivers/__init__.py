@@ -80,7 +80,11 @@ class Driver(Protocol):
         """The session settings to restore at every check-in."""
 
     def verdict(self, conn: Any, baseline: Any) -> int:
-        """Classify a returned connection, without I/O: CLEAN, DIRTY or BROKEN."""
+        """Classify a returned connection, without I/O: CLEAN, RESTORE (see
+        :meth:`restore`), DIRTY or BROKEN."""
+
+    def restore(self, conn: Any, baseline: Any) -> None:
+        """Put back the settings of ``baseline`` on an idle connection, without I/O."""
 
     def clean(self, conn: Any, baseline: Any) -> None:
         """Roll back and restore settings; raise if the connection is not reusable."""

@@ -62,8 +62,11 @@ class DriverBase:
     def snapshot(self, conn: Any) -> Any:
         return tuple(getattr(conn, name) for name in self.SETTINGS)
 
-    def _restore(self, conn: Any, baseline: Any) -> None:
-        # Client-side in both drivers (psycopg2 >= 2.7): no round trip.
+    def restore(self, conn: Any, baseline: Any) -> None:
+        """Put back the settings of ``baseline`` on an idle connection.
+
+        Client-side in both drivers (psycopg2 >= 2.7, psycopg 3): no round trip.
+        """
         for name, value in zip(self.SETTINGS, baseline):
             if getattr(conn, name) != value:
                 setattr(conn, name, value)

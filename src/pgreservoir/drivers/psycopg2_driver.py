@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from .._core import BROKEN, CLEAN, DIRTY
+from .._core import BROKEN, CLEAN, DIRTY, RESTORE
 from . import check_rows
 from ._base import DriverBase, is_lost_sqlstate
 from ._sockets import Probe
@@ -125,7 +125,7 @@ class Psycopg2Driver(DriverBase):
                 and conn.deferrable is baseline[3]
             ):
                 return CLEAN
-            return DIRTY
+            return RESTORE
         if status in (2, 3):  # INTRANS, INERROR
             return DIRTY
         return BROKEN  # ACTIVE (a command still running) or UNKNOWN (connection lost)
@@ -138,7 +138,7 @@ class Psycopg2Driver(DriverBase):
                 # no-op there, so end the server-side transaction ourselves.
                 with conn.cursor() as cur:
                     cur.execute("ROLLBACK")
-        self._restore(conn, baseline)
+        self.restore(conn, baseline)
         if conn.closed or conn.get_transaction_status() != 0:
             raise self._psycopg2.InterfaceError("connection not idle after rollback")
 

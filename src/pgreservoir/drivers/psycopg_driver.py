@@ -7,7 +7,7 @@ import contextlib
 import inspect
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from .._core import BROKEN, CLEAN, DIRTY
+from .._core import BROKEN, CLEAN, DIRTY, RESTORE
 from . import check_rows
 from ._base import DriverBase, is_lost_sqlstate
 from ._conninfo import secrets_of, server_ports
@@ -66,6 +66,9 @@ class _PsycopgBase(DriverBase):
     )
 
     SETTINGS = ("autocommit", "isolation_level", "read_only", "deferrable")
+    # Restored by the shell at check-in (RESTORE), except where the setters
+    # are coroutines (AsyncConnection): the clean-up does it then (DIRTY).
+    _SETTINGS_CHANGED = RESTORE
 
     def __init__(
         self,
@@ -183,7 +186,7 @@ class _PsycopgBase(DriverBase):
                 and conn.deferrable == baseline[3]
             ):
                 return CLEAN
-            return DIRTY
+            return self._SETTINGS_CHANGED
         if status in (_INTRANS, _INERROR):
             return DIRTY
         return BROKEN  # ACTIVE (a command still running) or UNKNOWN (connection lost)
@@ -287,7 +290,7 @@ class PsycopgDriver(_PsycopgBase):
         # rollback() ends a transaction even in autocommit mode (explicit BEGIN).
         if conn.pgconn.transaction_status != _IDLE:
             conn.rollback()
-        self._restore(conn, baseline)
+        self.restore(conn, baseline)
         self._check_idle(conn)
 
 
@@ -295,6 +298,7 @@ class AsyncPsycopgDriver(_PsycopgBase):
     """psycopg 3 ``AsyncConnection``: the round trips are coroutines, for the asyncio shell."""
 
     __slots__ = ()
+    _SETTINGS_CHANGED = DIRTY
 
     async def connect(self) -> Any:
         conninfo, kwargs = self._conninfo, self._kwargs
