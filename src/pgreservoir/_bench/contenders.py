@@ -454,8 +454,9 @@ CONTENDERS: Tuple[Contender, ...] = (
     ),
 )
 
-#: The dedicated reference of each driver: what "x ded" is measured against.
-DEDICATED = {"psycopg2": "dedicated", "psycopg": "dedicated-psycopg"}
+#: The dedicated reference of each driver: what "x ded" is measured against
+#: (the contender with one private connection per worker, of that driver).
+DEDICATED: Dict[str, str] = {c.driver: c.key for c in CONTENDERS if c.per_thread}
 
 
 def contender_versions() -> Dict[str, str]:

@@ -38,7 +38,7 @@ import threading
 import time
 from array import array
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import psycopg2
 
@@ -57,6 +57,7 @@ __all__ = [
     "run_once",
     "run_suite",
     "summarize",
+    "summarize_scenario",
 ]
 
 #: Seconds between two counts of the server's connections during a run.
@@ -627,22 +628,28 @@ def run_suite(
                     except Exception as exc:
                         run = RunResult(contender.key, round_no, 0, failed=_describe(exc))
                     runs[contender.key].append(run)
-            # Each contender is compared with the dedicated reference of its driver.
-            references: Dict[str, Optional[Summary]] = {}
-            for driver, key in DEDICATED.items():
-                reference = None
-                if runs.get(key):
-                    reference = summarize(_contender_by_key(contenders, key), runs[key], None)
-                    if reference.failed is not None:
-                        reference = None
-                references[driver] = reference
-            summaries = [summarize(c, runs[c.key], references.get(c.driver))
-                         for c in contenders]
-            results.append(ScenarioResult(scenario, summaries))
+            results.append(summarize_scenario(scenario, contenders, runs))
     finally:
         if sampler is not None:
             sampler.close()
     return results
+
+
+def summarize_scenario(
+    scenario: Scenario, contenders: Sequence[Contender], runs: Mapping[str, List[RunResult]]
+) -> ScenarioResult:
+    """Each contender's rounds summarized, in contender order, each compared
+    with the dedicated reference of its driver (DEDICATED) when that ran."""
+    references: Dict[str, Optional[Summary]] = {}
+    for driver, key in DEDICATED.items():
+        reference = None
+        if runs.get(key):
+            reference = summarize(_contender_by_key(contenders, key), runs[key], None)
+            if reference.failed is not None:
+                reference = None
+        references[driver] = reference
+    summaries = [summarize(c, runs[c.key], references.get(c.driver)) for c in contenders]
+    return ScenarioResult(scenario, summaries)
 
 
 def _contender_by_key(contenders: Sequence[Contender], key: str) -> Contender:
