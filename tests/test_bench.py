@@ -7,7 +7,9 @@ shared ticket counter), not after a duration.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
+import io
 import json
 import os
 import subprocess
@@ -18,16 +20,41 @@ from typing import Any, Dict, Iterator, List
 import pytest
 
 import pgreservoir
-from pgreservoir._bench import CONTENDERS, WORKLOADS, Scenario, Target, run_once
+from pgreservoir._bench import (
+    CONTENDERS,
+    WORKLOADS,
+    AsyncSession,
+    BenchError,
+    Contender,
+    Scenario,
+    Target,
+    async_runner,
+    run_once,
+    run_once_async,
+)
+from pgreservoir._bench.command import BenchOptions, bench
+from pgreservoir._bench.contenders import DEDICATED
 from pgreservoir._bench.report import check_targets, format_ms, format_table
-from pgreservoir._bench.runner import ConnectionSampler, RunResult, percentile, summarize
+from pgreservoir._bench.runner import (
+    ConnectionSampler,
+    RunResult,
+    percentile,
+    summarize,
+    summarize_scenario,
+)
 from pgreservoir.cli import main
 
 BY_KEY = {c.key: c for c in CONTENDERS}
 # pgreservoir's pools present in this checkout (ThreadedConnectionPool lives in pool.py).
 OURS = [c for c in CONTENDERS if c.kind == "pgreservoir" and c.missing() is None]
+OURS_THREADS = [c for c in OURS if not c.is_async]
+OURS_ASYNC = [c for c in OURS if c.is_async]
 # Contenders every environment has: psycopg2 is the driver.
 ALWAYS = ("pgreservoir", "psycopg2", "unpooled", "dedicated")
+# The asyncio ones the dev environment has (psycopg 3 and psycopg_pool; asyncpg
+# comes with the bench extra).
+ALWAYS_ASYNC = ("pgreservoir-async", "psycopg_pool-async", "dedicated-async")
+ASYNC_WORKLOADS = [key for key, w in WORKLOADS.items() if w.is_async]
 SRC = str(Path(pgreservoir.__file__).resolve().parent.parent)
 
 
@@ -58,41 +85,55 @@ def test_quick_run_starts_its_own_server_and_reports(tmp_path: Path) -> None:
         assert column in table
     for workload in WORKLOADS:
         assert workload in table
-    for key in ALWAYS:
+    for key in ALWAYS + ALWAYS_ASYNC:
         assert BY_KEY[key].label in table
+    # The asyncio workloads, after the thread ones, with their own task count.
+    assert table.index("async-overhead 1 task") > table.index("transaction 32/8")
+    for key in ("async-checkout", "async-select", "async-transaction"):
+        assert f"{key} 256/8" in table
     assert "Targets (issue #5):" in table
     assert "memory check (tracemalloc)" in table
 
     document = json.loads(report.read_text())
     assert document["settings"]["threads"] == 32
+    assert document["settings"]["tasks"] == 256
     assert document["settings"]["size"] == 8
     assert [s["workload"] for s in document["scenarios"]] == list(WORKLOADS)
+    assert document["workloads_left_out"] == []
     ran = set(document["settings"]["contenders"])
-    assert set(ALWAYS) <= ran
+    assert set(ALWAYS + ALWAYS_ASYNC) <= ran
     assert {c.key for c in OURS} <= ran
     for scenario in document["scenarios"]:
         rows = _summaries(scenario)
-        assert set(rows) == ran
-        single = scenario["workload"] == "overhead"
-        assert rows["dedicated"]["ratio_to_dedicated"] == 1.0
-        if "dedicated-psycopg" in rows:  # psycopg 3 contenders measure against it
-            assert rows["dedicated-psycopg"]["ratio_to_dedicated"] == 1.0
+        asyncio_workload = scenario["asyncio"]
+        assert asyncio_workload == (scenario["workload"] in ASYNC_WORKLOADS)
+        # Thread contenders run the thread workloads, asyncio ones the others.
+        assert set(rows) == {key for key in ran if BY_KEY[key].is_async == asyncio_workload}
+        single = scenario["workload"] in ("overhead", "async-overhead")
+        workers = 256 if asyncio_workload else 32
+        assert scenario["threads"] == (1 if single else workers)
+        # Each driver's dedicated reference is its contenders' 1.0.
+        for reference in set(DEDICATED.values()) & set(rows):
+            assert rows[reference]["ratio_to_dedicated"] == 1.0
         for key, row in rows.items():
             assert row["failed"] is None, (key, row["failed"])
             assert row["ops_per_s"] > 0, key
+            assert row["ratio_to_dedicated"] is not None, key
             assert 0.0 <= row["fairness"] <= 1.0
             wait = row["wait_ms"]
             assert 0.0 <= wait["p50"] <= wait["p99"] <= wait["max"], (key, wait)
             assert len(row["rounds"]) == 1
             threads = row["rounds"][0]["threads"]
-            expected = 1 if single else (8 if BY_KEY[key].per_thread else 32)
+            expected = 1 if single else (8 if BY_KEY[key].per_thread else workers)
             assert threads == expected, (key, threads)
+            assert len(row["rounds"][0]["thread_ops"]) == expected, key
             if key != "unpooled":
                 # Pools never go past their size (the sampler may miss none of it).
                 assert 1 <= row["peak_server_connections"] <= 8, (key, row)
         for ours in OURS:
-            assert rows[ours.key]["errors"] == 0
-            assert rows[ours.key]["retries"] == 0
+            if ours.is_async == asyncio_workload:
+                assert rows[ours.key]["errors"] == 0, rows[ours.key]["rounds"]
+                assert rows[ours.key]["retries"] == 0
     assert document["targets"], "the default workloads evaluate the targets"
     assert all(t["met"] in (True, False, None) for t in document["targets"])
     memory = {m["contender"]: m for m in document["memory"]}
@@ -118,6 +159,10 @@ def test_bad_options_are_refused_before_anything_runs(
     assert "unknown workload 'nosuch'" in capsys.readouterr().err
     assert main(["bench", "--ops", "10", "--duration", "1", "--dsn", "x"]) == 2
     assert "not both" in capsys.readouterr().err
+    # Thread contenders do not run the asyncio workloads, nor the reverse.
+    assert main(["bench", "--workloads", "async-select", "--contenders", "pgreservoir",
+                 "--dsn", "host=/nonexistent"]) == 2
+    assert "none of the contenders runs these workloads" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["bench", "--threads", "0"])
 
@@ -153,7 +198,7 @@ def sampler(postgres_dsn: str) -> Iterator[ConnectionSampler]:
     counter.close()
 
 
-@pytest.mark.parametrize("contender", OURS, ids=[c.key for c in OURS])
+@pytest.mark.parametrize("contender", OURS_THREADS, ids=[c.key for c in OURS_THREADS])
 def test_guard_pgreservoir_serves_every_thread_fairly(
     contender: Any, postgres_dsn: str, sampler: ConnectionSampler
 ) -> None:
@@ -167,6 +212,49 @@ def test_guard_pgreservoir_serves_every_thread_fairly(
     assert run.fairness >= 0.5, run.thread_ops
     assert run.peak_connections is not None
     assert run.peak_connections <= 4
+
+
+ASYNC_CONTENTION = Scenario(WORKLOADS["async-select"], threads=64, size=4)
+
+
+@pytest.mark.parametrize("contender", OURS_ASYNC, ids=[c.key for c in OURS_ASYNC])
+def test_guard_pgreservoir_async_serves_every_task_fairly(
+    contender: Any, postgres_dsn: str, sampler: ConnectionSampler
+) -> None:
+    run = run_once(contender, ASYNC_CONTENTION, Target(postgres_dsn, f"guard-{contender.key}"),
+                   duration=None, ops=BUDGET, sampler=sampler)
+    assert run.failed is None
+    assert run.errors == 0, run.first_error
+    assert run.ops == BUDGET
+    assert len(run.thread_ops) == 64
+    assert min(run.thread_ops) > 0, run.thread_ops
+    assert run.fairness >= 0.5, run.thread_ops
+    assert run.peak_connections is not None
+    assert run.peak_connections <= 4
+
+
+def test_the_tasks_option_and_a_driver_s_dedicated_reference(
+    postgres_dsn: str, tmp_path: Path
+) -> None:
+    report = tmp_path / "bench.json"
+    options = BenchOptions(
+        dsn=postgres_dsn, tasks=12, size=3, ops=300, rounds=1,
+        workloads=["async-overhead", "async-select"],
+        contenders=["pgreservoir-async", "dedicated-async"],
+        progress=False, json_path=str(report),
+    )
+    out, err = io.StringIO(), io.StringIO()
+    assert bench(options, out, err) == 0
+    assert "asyncio: 12 tasks on 3 connections" in out.getvalue()
+    document = json.loads(report.read_text())
+    assert document["settings"]["tasks"] == 12
+    overhead, select = document["scenarios"]
+    assert (overhead["threads"], select["threads"]) == (1, 12)
+    rows = _summaries(select)
+    assert [r["threads"] for r in rows["pgreservoir-async"]["rounds"]] == [12]
+    assert [r["threads"] for r in rows["dedicated-async"]["rounds"]] == [3]
+    assert rows["pgreservoir-async"]["ratio_to_dedicated"] is not None
+    assert rows["pgreservoir-async"]["rounds"][0]["ops"] == 300
 
 
 def test_guard_psycopg2_pool_starves_and_retries_where_pgreservoir_does_not(
@@ -255,3 +343,123 @@ def test_table_and_targets_from_summaries() -> None:
     assert format_ms(0.0) == "0"
     assert format_ms(8.474) == "8.47"
     assert format_ms(1003.2) == "1003"
+
+
+def _async_run(key: str, ops: int, tasks: int) -> RunResult:
+    return _run(key, 0, ops, [ops // tasks] * tasks)
+
+
+def test_each_driver_is_compared_with_its_own_dedicated_reference() -> None:
+    # One dedicated reference per driver, and every contender's driver has one.
+    assert DEDICATED["psycopg-async"] == "dedicated-async"
+    assert DEDICATED["asyncpg"] == "dedicated-asyncpg"
+    assert {c.driver for c in CONTENDERS} == set(DEDICATED)
+    for driver, key in DEDICATED.items():
+        assert BY_KEY[key].driver == driver
+        assert BY_KEY[key].per_thread
+    keys = ["pgreservoir-async", "psycopg_pool-async", "asyncpg", "dedicated-async",
+            "dedicated-asyncpg"]
+    runs = {
+        "pgreservoir-async": [_async_run("pgreservoir-async", 8000, 256)],
+        "psycopg_pool-async": [_async_run("psycopg_pool-async", 6000, 256)],
+        "asyncpg": [_async_run("asyncpg", 9000, 256)],
+        "dedicated-async": [_async_run("dedicated-async", 10000, 8)],
+        "dedicated-asyncpg": [_async_run("dedicated-asyncpg", 20000, 8)],
+    }
+    result = summarize_scenario(Scenario(WORKLOADS["async-select"], 256, 8),
+                                [BY_KEY[k] for k in keys], runs)
+    ratios = {s.contender.key: s.ratio_to_dedicated for s in result.summaries}
+    assert ratios == pytest.approx({
+        "pgreservoir-async": 0.8, "psycopg_pool-async": 0.6, "asyncpg": 0.45,
+        "dedicated-async": 1.0, "dedicated-asyncpg": 1.0,
+    })
+    # Without its reference, a contender has no ratio (and is not compared
+    # with another driver's).
+    del runs["dedicated-asyncpg"]
+    result = summarize_scenario(Scenario(WORKLOADS["async-select"], 256, 8),
+                                [BY_KEY[k] for k in keys[:-1]], runs)
+    assert result.get("asyncpg") is not None
+    assert result.get("asyncpg").ratio_to_dedicated is None  # type: ignore[union-attr]
+    assert result.get("pgreservoir-async").ratio_to_dedicated == pytest.approx(0.8)  # type: ignore[union-attr]
+
+
+# ---------------------------------------------------------------------------
+# The asyncio runner, on a pool made up here (no server)
+# ---------------------------------------------------------------------------
+
+
+class _FakeAsyncPool:
+    """``size`` integer "connections" in an asyncio.Queue; after ``stuck_after``
+    acquires, acquire never returns; every ``fail_every``-th release raises."""
+
+    def __init__(self, size: int, *, stuck_after: int = -1, fail_every: int = 0) -> None:
+        self.idle: asyncio.Queue[int] = asyncio.Queue()
+        for conn in range(size):
+            self.idle.put_nowait(conn)
+        self.stuck_after = stuck_after
+        self.fail_every = fail_every
+        self.acquired = 0
+        self.released = 0
+        self.closed = False
+
+    async def acquire(self) -> int:
+        self.acquired += 1
+        if 0 <= self.stuck_after < self.acquired:
+            await asyncio.Event().wait()
+        return await self.idle.get()
+
+    async def release(self, conn: int) -> None:
+        self.released += 1
+        self.idle.put_nowait(conn)
+        if self.fail_every and self.released % self.fail_every == 0:
+            raise RuntimeError("release failed")
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+def _fake_contender(pools: List[_FakeAsyncPool], **options: Any) -> Contender:
+    async def opener(target: Target, size: int) -> AsyncSession:
+        pool = _FakeAsyncPool(size, **options)
+        pools.append(pool)
+        return AsyncSession(pool.acquire, pool.release, pool.close, warm=size)
+
+    return Contender("fake-async", "fake", "peer", (), opener, driver="psycopg-async",
+                     is_async=True)
+
+
+def test_async_runner_counts_every_ticket_and_every_task() -> None:
+    pools: List[_FakeAsyncPool] = []
+    scenario = Scenario(WORKLOADS["async-checkout"], threads=20, size=4)
+    run = run_once_async(_fake_contender(pools, fail_every=50), scenario,
+                         Target("unused", "unused"), duration=None, ops=1000)
+    assert run.threads == 20
+    assert len(run.thread_ops) == 20
+    assert sum(run.thread_ops) == run.ops
+    # Every ticket is one operation or one error (a failed release), none lost.
+    assert run.ops + run.errors == 1000
+    assert run.errors == 1000 // 50
+    assert run.first_error == "RuntimeError: release failed"
+    assert run.elapsed > 0
+    assert pools[0].closed  # and the session was closed
+    with pytest.raises(BenchError, match="asyncio"):
+        run_once_async(BY_KEY["pgreservoir"], scenario, Target("unused", "unused"), ops=10,
+                       duration=None)
+
+
+def test_async_runner_calls_a_stuck_pool_stuck_and_still_closes_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(async_runner, "HANG_GRACE", 0.2)
+    pools: List[_FakeAsyncPool] = []
+    scenario = Scenario(WORKLOADS["async-checkout"], threads=4, size=2)
+    # Stuck in the run (the warm-up takes the 2 connections and 10 more go through).
+    with pytest.raises(BenchError, match="worker tasks still running"):
+        run_once_async(_fake_contender(pools, stuck_after=12), scenario, Target("unused", "x"),
+                       duration=0.05)
+    # Stuck at once: in the warm-up.
+    with pytest.raises(BenchError, match="warm-up"):
+        run_once_async(_fake_contender(pools, stuck_after=0), scenario, Target("unused", "x"),
+                       duration=0.05)
+    assert [pool.closed for pool in pools] == [True, True]
+

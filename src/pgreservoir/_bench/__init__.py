@@ -1,7 +1,8 @@
 """The ``pgreservoir bench`` benchmark: pools side by side on a real server.
 
 Modules: :mod:`.contenders` (how each pool is opened and driven),
-:mod:`.runner` (the timed runs and their statistics), :mod:`.report` (table,
+:mod:`.runner` (the timed runs and their statistics), :mod:`.async_runner`
+(the same runs with asyncio tasks), :mod:`.report` (table,
 targets, JSON, plot), :mod:`.memory` (the tracemalloc check) and
 :mod:`.progress` (the progress bar). The command line is in
 :mod:`pgreservoir.cli`.
@@ -9,7 +10,8 @@ targets, JSON, plot), :mod:`.memory` (the tracemalloc check) and
 
 from __future__ import annotations
 
-from .contenders import CONTENDERS, Contender, Session, Target
+from .async_runner import run_once_async
+from .contenders import CONTENDERS, AsyncSession, Contender, Session, Target
 from .runner import (
     WORKLOADS,
     BenchError,
@@ -25,6 +27,7 @@ from .runner import (
 __all__ = [
     "CONTENDERS",
     "WORKLOADS",
+    "AsyncSession",
     "BenchError",
     "Contender",
     "RunResult",
@@ -35,5 +38,6 @@ __all__ = [
     "Target",
     "Workload",
     "run_once",
+    "run_once_async",
     "run_suite",
 ]

@@ -23,8 +23,10 @@ from .runner import WORKLOADS, BenchError, Scenario, ScenarioResult, run_suite
 
 __all__ = ["DEFAULTS", "QUICK", "BenchOptions", "bench", "select_contenders"]
 
-#: Defaults of a full run: more threads than connections, a few minutes in all.
-DEFAULTS: Dict[str, Any] = {"threads": 32, "size": 8, "duration": 1.5, "rounds": 3}
+#: Defaults of a full run: more threads (and asyncio tasks) than connections,
+#: a few minutes in all.
+DEFAULTS: Dict[str, Any] = {"threads": 32, "tasks": 256, "size": 8, "duration": 1.5,
+                            "rounds": 3}
 
 #: What --quick changes (options given explicitly still win): for CI and tests.
 QUICK: Dict[str, Any] = {"duration": 0.2, "rounds": 1, "memory_checkouts": 100_000}
@@ -36,6 +38,7 @@ class BenchOptions:
 
     dsn: Optional[str] = None
     threads: Optional[int] = None
+    tasks: Optional[int] = None  # asyncio workloads' tasks
     size: Optional[int] = None
     duration: Optional[float] = None
     ops: Optional[int] = None
@@ -94,7 +97,7 @@ def select_contenders(keys: Optional[Sequence[str]]) -> Tuple[List[Contender], L
 
 
 def _check_options(options: BenchOptions) -> None:
-    for name in ("threads", "size", "rounds"):
+    for name in ("threads", "tasks", "size", "rounds"):
         if options.setting(name) < 1:
             raise BenchError(f"--{name} must be >= 1, got {options.setting(name)}")
     if options.duration is not None and not options.duration > 0:
@@ -202,11 +205,35 @@ def _load_average() -> Optional[float]:
 
 
 def _scenarios(options: BenchOptions) -> List[Scenario]:
-    threads, size = options.setting("threads"), options.setting("size")
-    return [
-        Scenario(WORKLOADS[key], 1 if WORKLOADS[key].single_thread else threads, size)
-        for key in options.workloads
+    size = options.setting("size")
+    scenarios = []
+    for key in options.workloads:
+        workload = WORKLOADS[key]
+        workers = options.setting("tasks" if workload.is_async else "threads")
+        scenarios.append(Scenario(workload, 1 if workload.single_thread else workers, size))
+    return scenarios
+
+
+def _runnable(
+    scenarios: Sequence[Scenario], contenders: Sequence[Contender]
+) -> Tuple[List[Scenario], List[str]]:
+    """The scenarios some contender takes part in, and notes on the others.
+
+    Thread workloads run the thread contenders, asyncio workloads the asyncio
+    ones: a workload none of the chosen contenders runs is left out (all of
+    them left out is an error).
+    """
+    kept = [s for s in scenarios if any(s.runs(c) for c in contenders)]
+    if scenarios and not kept:
+        raise BenchError(
+            "nothing to run: none of the contenders runs these workloads (the async-* "
+            "workloads need an asyncio contender, the others a thread one; see --list)"
+        )
+    notes = [
+        f"{s.workload.key} (no {'asyncio' if s.workload.is_async else 'thread'} contender)"
+        for s in scenarios if s not in kept
     ]
+    return kept, notes
 
 
 def bench(options: BenchOptions, out: TextIO, err: TextIO) -> int:
@@ -215,7 +242,7 @@ def bench(options: BenchOptions, out: TextIO, err: TextIO) -> int:
     contenders, not_installed = select_contenders(options.contenders)
     if not contenders:
         raise BenchError("no contender to run")
-    scenarios = _scenarios(options)
+    scenarios, workloads_left_out = _runnable(_scenarios(options), contenders)
     rounds = options.setting("rounds")
     duration = None if options.ops is not None else options.setting("duration")
     memory_pools = [
@@ -226,13 +253,14 @@ def bench(options: BenchOptions, out: TextIO, err: TextIO) -> int:
     started = time.monotonic()
     with _server(options.dsn, err) as (dsn, where):
         facts = _server_facts(dsn)
-        needed = max(s.threads for s in scenarios) + 2 if scenarios else 2
+        # The unpooled reference runs the thread workloads only.
+        needed = max((s.threads for s in scenarios if not s.workload.is_async), default=0) + 2
         if "unpooled" in {c.key for c in contenders} and facts["max_connections"] < needed + 3:
             err.write(
                 f"pgreservoir bench: warning: max_connections={facts['max_connections']} "
                 f"may be too low for {needed} unpooled connections\n"
             )
-        total = len(scenarios) * rounds * len(contenders)
+        total = sum(rounds * sum(1 for c in contenders if s.runs(c)) for s in scenarios)
         total += len(memory_pools) if options.memory else 0
         progress = Progress(err, total, enabled=options.progress)
         results: List[ScenarioResult] = []
@@ -250,11 +278,16 @@ def bench(options: BenchOptions, out: TextIO, err: TextIO) -> int:
     elapsed = time.monotonic() - started
 
     threads, size = options.setting("threads"), options.setting("size")
+    tasks = options.setting("tasks")
     run_shape = (f"{options.ops:,} operations per run" if options.ops is not None
                  else f"{duration:g} s per run")
-    title = (f"pgreservoir bench: {threads} threads on {size} connections "
-             f"(overhead: 1 thread), median of {rounds} round{'s' * (rounds != 1)}, "
-             f"{run_shape}")
+    shapes = []
+    if any(not s.workload.is_async for s in scenarios) or not scenarios:
+        shapes.append(f"{threads} threads on {size} connections (overhead: 1 thread)")
+    if any(s.workload.is_async for s in scenarios):
+        shapes.append(f"asyncio: {tasks} tasks on {size} connections (async-overhead: 1 task)")
+    title = (f"pgreservoir bench: {'; '.join(shapes)}, median of {rounds} "
+             f"round{'s' * (rounds != 1)}, {run_shape}")
     machine["load_average_after"] = _load_average()
     server_line = (f"server: PostgreSQL {facts['version']} ({where}); client: "
                    f"{machine['python']}, {machine['cpus']} CPUs ({machine['cpu']}), "
@@ -263,6 +296,8 @@ def bench(options: BenchOptions, out: TextIO, err: TextIO) -> int:
     lines = [title, server_line]
     if not_installed:
         lines.append("not installed, left out: " + ", ".join(not_installed))
+    if workloads_left_out:
+        lines.append("workloads left out: " + ", ".join(workloads_left_out))
     lines.append("")
     if results:
         lines.append(format_table(results))
@@ -289,11 +324,12 @@ def bench(options: BenchOptions, out: TextIO, err: TextIO) -> int:
             "server": {"version": facts["version"], "where": where,
                        "max_connections": facts["max_connections"]},
             "versions": contender_versions(),
-            "settings": {"threads": threads, "size": size, "rounds": rounds,
+            "settings": {"threads": threads, "tasks": tasks, "size": size, "rounds": rounds,
                          "duration_s": duration, "ops": options.ops,
                          "workloads": list(options.workloads),
                          "contenders": [c.key for c in contenders]},
             "not_installed": not_installed,
+            "workloads_left_out": workloads_left_out,
             "scenarios": [r.as_dict() for r in results],
             "memory": [m.as_dict() for m in memory],
             "targets": [c.as_dict() for c in checks],

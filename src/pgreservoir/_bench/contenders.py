@@ -13,20 +13,32 @@ Every connection is in autocommit mode, set once when it is opened (a
 Every connection carries the run's ``application_name``, which is how the
 server-side sampler counts a contender's connections (and only those).
 
+The asyncio contenders (``is_async``) are the same idea on an event loop: an
+async opener returns an :class:`AsyncSession` whose ``acquire()`` and
+``release(conn)`` are awaited. They run only the asyncio workloads, and the
+thread contenders only the thread workloads.
+
+Each contender names the ``driver`` of its connections (psycopg2, psycopg 3,
+psycopg 3's ``AsyncConnection``, asyncpg): its ``x ded`` is measured against
+the dedicated reference of that driver (:data:`DEDICATED`), and the asyncio
+workloads pick their work for it (asyncpg's API is not psycopg's).
+
 Peers are optional imports, loaded with :func:`importlib.import_module` when a
 contender is opened, so the package does not depend on them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import importlib
 import importlib.util
 import itertools
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple, Union
 
 import psycopg2
 import psycopg2.extensions
@@ -36,6 +48,7 @@ __all__ = [
     "CONTENDERS",
     "DEDICATED",
     "PSYCOPG2_RETRY_DELAY",
+    "AsyncSession",
     "Contender",
     "Session",
     "Target",
@@ -55,6 +68,16 @@ ACQUIRE_TIMEOUT = 60.0
 
 Acquire = Callable[[], Any]
 Release = Callable[[Any], Any]
+AsyncAcquire = Callable[[], Awaitable[Any]]
+AsyncRelease = Callable[[Any], Awaitable[Any]]
+
+#: libpq options that only tune the client side of the socket or the encoding
+#: and that asyncpg has no equivalent for: left out of asyncpg's connect
+#: arguments (anything else it does not know it would send as a server setting).
+_NOT_FOR_ASYNCPG = frozenset({
+    "keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count",
+    "tcp_user_timeout", "fallback_application_name", "client_encoding",
+})
 
 
 @dataclass(frozen=True)
@@ -83,6 +106,36 @@ class Target:
         """A new autocommit psycopg 3 connection tagged with the run's name."""
         psycopg: Any = importlib.import_module("psycopg")
         return psycopg.connect(self.dsn, **self.psycopg_kwargs())
+
+    async def psycopg_async_connect(self) -> Any:
+        """A new autocommit psycopg 3 ``AsyncConnection`` tagged with the run's name."""
+        psycopg: Any = importlib.import_module("psycopg")
+        return await psycopg.AsyncConnection.connect(self.dsn, **self.psycopg_kwargs())
+
+    def asyncpg_kwargs(self) -> Dict[str, Any]:
+        """Keyword arguments for ``asyncpg.connect()``/``create_pool()``, tagged.
+
+        asyncpg has its own connection code and takes a URL, not a libpq
+        ``key=value`` string: the DSN is parsed by libpq (through psycopg2) and
+        passed as a URL; ``connect_timeout`` becomes ``timeout``. asyncpg runs
+        no query in a transaction unless asked, so it needs no autocommit.
+        """
+        params = psycopg2.extensions.parse_dsn(self.dsn)
+        kwargs: Dict[str, Any] = {
+            "server_settings": {"application_name": self.application_name},
+        }
+        params.pop("application_name", None)
+        timeout = params.pop("connect_timeout", None)
+        if timeout is not None and float(timeout) > 0:
+            kwargs["timeout"] = float(timeout)
+        query = {k: v for k, v in params.items() if k not in _NOT_FOR_ASYNCPG}
+        kwargs["dsn"] = "postgresql://?" + urllib.parse.urlencode(query)
+        return kwargs
+
+    async def asyncpg_connect(self) -> Any:
+        """A new asyncpg connection tagged with the run's name."""
+        asyncpg: Any = importlib.import_module("asyncpg")
+        return await asyncpg.connect(**self.asyncpg_kwargs())
 
 
 @dataclass
@@ -115,6 +168,30 @@ class Session:
         return self.acquire, self.release
 
 
+@dataclass
+class AsyncSession:
+    """One opened asyncio contender, ready for a run on the loop it was opened on.
+
+    As :class:`Session`, with coroutines: ``await acquire()``, ``await
+    release(conn)``, ``await close()``; ``per_task`` gives each task its own
+    pair (the dedicated references) and ``max_tasks`` caps the tasks.
+    """
+
+    acquire: AsyncAcquire
+    release: AsyncRelease
+    close: Callable[[], Awaitable[Any]]
+    per_task: Optional[Callable[[int], Tuple[AsyncAcquire, AsyncRelease]]] = None
+    max_tasks: Optional[int] = None
+    # Connections to open before the timed run (checked out together, returned).
+    warm: int = 0
+
+    def callables(self, index: int) -> Tuple[AsyncAcquire, AsyncRelease]:
+        """The acquire/release pair for worker task ``index``."""
+        if self.per_task is not None:
+            return self.per_task(index)
+        return self.acquire, self.release
+
+
 @dataclass(frozen=True)
 class Contender:
     """A pool (or reference) the benchmark can run."""
@@ -123,13 +200,18 @@ class Contender:
     label: str  # shown in the table
     kind: str  # "pgreservoir", "peer" or "reference"
     requires: Tuple[str, ...]  # importable modules it needs
-    opener: Callable[[Target, int], Session] = field(repr=False)
+    # Returns a Session; for an asyncio contender, a coroutine of an AsyncSession.
+    opener: Callable[[Target, int], Union[Session, Awaitable[AsyncSession]]] = field(repr=False)
     note: str = ""
-    # One connection per worker thread (dedicated): opened with min(size, threads).
+    # One connection per worker thread or task (dedicated): opened with
+    # min(size, workers).
     per_thread: bool = False
     # The driver of its connections; ratios to dedicated use the dedicated
-    # reference of the same driver (DEDICATED).
+    # reference of the same driver (DEDICATED), and the asyncio workloads
+    # their work for it.
     driver: str = "psycopg2"
+    # Driven by tasks on an event loop (open_async), in the asyncio workloads only.
+    is_async: bool = False
 
     def missing(self) -> Optional[str]:
         """None when it can run here, else what to install."""
@@ -144,7 +226,19 @@ class Contender:
 
     def open(self, target: Target, size: int) -> Session:
         """Open it with ``size`` connections (fewer for the references)."""
-        return self.opener(target, size)
+        if self.is_async:
+            raise TypeError(f"{self.key} is an asyncio contender: use open_async()")
+        session = self.opener(target, size)
+        assert isinstance(session, Session)
+        return session
+
+    async def open_async(self, target: Target, size: int) -> AsyncSession:
+        """Open an asyncio contender on the running event loop."""
+        if not self.is_async:
+            raise TypeError(f"{self.key} is not an asyncio contender: use open()")
+        opened = self.opener(target, size)
+        assert not isinstance(opened, Session)
+        return await opened
 
 
 # ---------------------------------------------------------------------------
@@ -355,6 +449,100 @@ def _dedicated(connect: Callable[[], Any], size: int) -> Session:
     return Session(acquire, release, close, per_thread=per_thread, max_threads=size)
 
 
+# ---------------------------------------------------------------------------
+# asyncio
+# ---------------------------------------------------------------------------
+
+
+async def _open_pgreservoir_async(target: Target, size: int) -> AsyncSession:
+    from ..async_connection_pool import AsyncConnectionPool
+
+    # Health and lifetime checks at their defaults (on), as for the thread pool.
+    pool = AsyncConnectionPool(
+        target.dsn,
+        min_size=size,
+        max_size=size,
+        timeout=ACQUIRE_TIMEOUT,
+        name="bench-async",
+        **target.psycopg_kwargs(),
+    )
+    try:
+        await pool.wait(ACQUIRE_TIMEOUT)
+    except BaseException:
+        await pool.close()
+        raise
+    return AsyncSession(pool.getconn, pool.putconn, pool.close, warm=size)
+
+
+async def _open_psycopg_pool_async(target: Target, size: int) -> AsyncSession:
+    psycopg_pool: Any = importlib.import_module("psycopg_pool")
+    # Opened on the running loop (opening in the constructor is deprecated).
+    pool = psycopg_pool.AsyncConnectionPool(
+        target.dsn,
+        min_size=size,
+        max_size=size,
+        timeout=ACQUIRE_TIMEOUT,
+        kwargs=target.psycopg_kwargs(),
+        name="bench-async",
+        open=False,
+    )
+    try:
+        await pool.open(wait=True, timeout=ACQUIRE_TIMEOUT)
+    except BaseException:
+        await pool.close()
+        raise
+    return AsyncSession(pool.getconn, pool.putconn, pool.close, warm=size)
+
+
+async def _open_asyncpg(target: Target, size: int) -> AsyncSession:
+    asyncpg: Any = importlib.import_module("asyncpg")
+    # Its defaults otherwise: among them, release() runs asyncpg's reset query
+    # (one round trip: RESET ALL, UNLISTEN *, ...) on every returned connection.
+    pool = await asyncpg.create_pool(min_size=size, max_size=size, **target.asyncpg_kwargs())
+    # acquire() waits without a timeout by default; a stuck pool shows up as
+    # a run that does not end (HANG_GRACE), as for the others.
+    return AsyncSession(pool.acquire, pool.release, pool.close, warm=size)
+
+
+async def _open_dedicated_async(target: Target, size: int) -> AsyncSession:
+    return await _dedicated_async(target.psycopg_async_connect, size)
+
+
+async def _open_dedicated_asyncpg(target: Target, size: int) -> AsyncSession:
+    return await _dedicated_async(target.asyncpg_connect, size)
+
+
+async def _dedicated_async(connect: Callable[[], Awaitable[Any]], size: int) -> AsyncSession:
+    # One private connection per task and `size` tasks, as _dedicated(). The
+    # pair costs next to nothing and never suspends: acquire() returns a future
+    # that is already done (awaiting it does not yield to the loop) and
+    # release() another (next(repeat(done), conn) is `done`, in C).
+    conns: List[Any] = []
+    try:
+        for _ in range(size):
+            conns.append(await connect())
+    except BaseException:
+        for conn in conns:
+            await conn.close()
+        raise
+    loop = asyncio.get_running_loop()
+    released = loop.create_future()
+    released.set_result(None)
+    give_back = functools.partial(next, itertools.repeat(released))
+
+    def per_task(index: int) -> Tuple[AsyncAcquire, AsyncRelease]:
+        handed: asyncio.Future[Any] = loop.create_future()
+        handed.set_result(conns[index])
+        return itertools.repeat(handed).__next__, give_back
+
+    async def close() -> None:
+        for conn in conns:
+            await conn.close()
+
+    acquire, release = per_task(0)
+    return AsyncSession(acquire, release, close, per_task=per_task, max_tasks=size)
+
+
 CONTENDERS: Tuple[Contender, ...] = (
     Contender(
         "pgreservoir",
@@ -452,6 +640,61 @@ CONTENDERS: Tuple[Contender, ...] = (
         per_thread=True,
         driver="psycopg",
     ),
+    Contender(
+        "pgreservoir-async",
+        "pgreservoir (asyncio)",
+        "pgreservoir",
+        ("psycopg",),
+        _open_pgreservoir_async,
+        "pgreservoir.AsyncConnectionPool over psycopg.AsyncConnection (getconn/putconn), "
+        "health checks on",
+        driver="psycopg-async",
+        is_async=True,
+    ),
+    Contender(
+        "psycopg_pool-async",
+        "psycopg_pool (asyncio)",
+        "peer",
+        ("psycopg_pool",),
+        _open_psycopg_pool_async,
+        "psycopg_pool.AsyncConnectionPool (getconn/putconn)",
+        driver="psycopg-async",
+        is_async=True,
+    ),
+    Contender(
+        "asyncpg",
+        "asyncpg",
+        "peer",
+        ("asyncpg",),
+        _open_asyncpg,
+        "asyncpg.create_pool (acquire/release; its own driver, reset query on release)",
+        driver="asyncpg",
+        is_async=True,
+    ),
+    Contender(
+        "dedicated-async",
+        "dedicated (asyncio)",
+        "reference",
+        ("psycopg",),
+        _open_dedicated_async,
+        "reference: one private psycopg.AsyncConnection per task, as many tasks as "
+        "connections (the psycopg asyncio pools' limit)",
+        per_thread=True,
+        driver="psycopg-async",
+        is_async=True,
+    ),
+    Contender(
+        "dedicated-asyncpg",
+        "dedicated (asyncpg)",
+        "reference",
+        ("asyncpg",),
+        _open_dedicated_asyncpg,
+        "reference: one private asyncpg connection per task, as many tasks as connections "
+        "(the asyncpg pool's limit)",
+        per_thread=True,
+        driver="asyncpg",
+        is_async=True,
+    ),
 )
 
 #: The dedicated reference of each driver: what "x ded" is measured against
@@ -465,7 +708,7 @@ def contender_versions() -> Dict[str, str]:
 
     versions: Dict[str, str] = {}
     for dist in ("pgreservoir", "psycopg2-binary", "psycopg2", "psycopg", "psycopg-pool",
-                 "SQLAlchemy", "DBUtils"):
+                 "SQLAlchemy", "DBUtils", "asyncpg"):
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

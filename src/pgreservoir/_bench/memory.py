@@ -8,18 +8,24 @@ Memory allocated during that time and still alive at the end is the growth; a
 leak of even one byte per checkout would show as a megabyte. Growth is also
 recorded at checkpoints, so a trend is visible in the JSON.
 
+An asyncio pool gets the same check on a fresh event loop, with tasks for
+threads; on the contended path each task holds its connection across one turn
+of the loop, so that the others wait in line (an asyncio pool's fast path never
+suspends: without it there would be no waiting at all).
+
 This is a measurement, not a timed test: nothing here depends on speed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import itertools
 import threading
 import tracemalloc
 from array import array
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .contenders import Contender, Target
 
@@ -110,8 +116,12 @@ def memory_check(
         if progress is not None:
             progress(f"memory | {contender.label}")
         result = MemoryResult(contender.key, contender.label, checkouts)
+        target = Target(dsn, "pgreservoir-bench-memory")
         try:
-            _measure(contender, Target(dsn, "pgreservoir-bench-memory"), checkouts, result)
+            if contender.is_async:
+                asyncio.run(_measure_async(contender, target, checkouts, result))
+            else:
+                _measure(contender, target, checkouts, result)
         except Exception as exc:
             result.failed = f"{type(exc).__name__}: {exc}"
         results.append(result)
@@ -158,3 +168,72 @@ def _measure(contender: Contender, target: Target, checkouts: int, result: Memor
         if not was_tracing:
             tracemalloc.stop()
         session.close()
+
+
+# ---------------------------------------------------------------------------
+# asyncio pools
+# ---------------------------------------------------------------------------
+
+AsyncAcquire = Callable[[], Awaitable[Any]]
+AsyncRelease = Callable[[Any], Awaitable[Any]]
+
+
+async def _churn_async(acquire: AsyncAcquire, release: AsyncRelease, count: int) -> None:
+    for _ in range(count):
+        await release(await acquire())
+
+
+async def _contended_async(
+    acquire: AsyncAcquire, release: AsyncRelease, count: int, tasks: int
+) -> None:
+    tickets = itertools.count().__next__
+
+    async def worker() -> None:
+        while tickets() < count:
+            conn = await acquire()
+            await asyncio.sleep(0)  # hold it across a turn: the others wait in line
+            await release(conn)
+
+    await asyncio.gather(*(worker() for _ in range(tasks)))
+
+
+async def _measure_async(
+    contender: Contender, target: Target, checkouts: int, result: MemoryResult
+) -> None:
+    # _measure() on the running loop: same warm-up, checkpoints and figures.
+    session = await contender.open_async(target, CONTENDED_SIZE)
+    acquire, release = session.acquire, session.release
+    contended = int(checkouts * CONTENDED_SHARE)
+    single = checkouts - contended
+    was_tracing = tracemalloc.is_tracing()
+    try:
+        await _churn_async(acquire, release, 20_000)
+        await _contended_async(acquire, release, 2_000, CONTENDED_THREADS)
+        step = max(1, single // CHECKPOINTS)
+        marks = array("q", [0] * (2 * (CHECKPOINTS + 2)))
+        points = 0
+        gc.collect()
+        tracemalloc.start()
+        tracemalloc.reset_peak()
+        baseline = tracemalloc.get_traced_memory()[0]
+        done = 0
+        while done < single:
+            chunk = min(step, single - done)
+            await _churn_async(acquire, release, chunk)
+            done += chunk
+            marks[2 * points] = done
+            marks[2 * points + 1] = _traced_growth(baseline)
+            points += 1
+        if contended:
+            await _contended_async(acquire, release, contended, CONTENDED_THREADS)
+            done += contended
+            marks[2 * points] = done
+            marks[2 * points + 1] = _traced_growth(baseline)
+            points += 1
+        result.growth_bytes = _traced_growth(baseline)
+        result.peak_bytes = tracemalloc.get_traced_memory()[1] - baseline
+        result.checkpoints = [(marks[2 * i], marks[2 * i + 1]) for i in range(points)]
+    finally:
+        if not was_tracing:
+            tracemalloc.stop()
+        await session.close()

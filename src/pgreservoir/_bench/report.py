@@ -97,7 +97,9 @@ LEGEND = (
     "+us/op: wall time per operation above dedicated; wait: time inside acquire "
     "(every operation, zero waits included); fair: least-served thread's operations / "
     "most-served thread's; errors: summed over rounds; retries: psycopg2.pool retries "
-    "after \"connection pool exhausted\"; conns: peak server connections (sampled)."
+    "after \"connection pool exhausted\"; conns: peak server connections (sampled). "
+    "async-*: asyncio tasks on one event loop instead of threads (tasks/connections), each "
+    "pool against the dedicated reference of its driver (psycopg AsyncConnection or asyncpg)."
 )
 
 
@@ -105,7 +107,8 @@ def _row(scenario: ScenarioResult, summary: Summary, first: bool) -> List[str]:
     label = summary.contender.label
     workload = scenario.scenario.workload.key if first else ""
     if scenario.scenario.workload.single_thread:
-        shape = "1 thread" if first else ""
+        unit = "task" if scenario.scenario.workload.is_async else "thread"
+        shape = f"1 {unit}" if first else ""
     else:
         shape = f"{scenario.scenario.threads}/{scenario.scenario.size}" if first else ""
     name = f"{workload} {shape}".strip()
@@ -187,7 +190,8 @@ def _peers(scenario: ScenarioResult) -> List[Summary]:
 
 
 def _shape(scenario: ScenarioResult) -> str:
-    return f"{scenario.scenario.threads} threads on {scenario.scenario.size} connections"
+    unit = "tasks" if scenario.scenario.workload.is_async else "threads"
+    return f"{scenario.scenario.threads} {unit} on {scenario.scenario.size} connections"
 
 
 def check_targets(

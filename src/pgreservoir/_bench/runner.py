@@ -23,10 +23,17 @@ retries and the peak number of server connections carrying the run's
 Across rounds the contenders run interleaved (the order rotates each round) and
 the median round value of each figure is reported; errors are summed and the
 peak connections are the highest seen.
+
+The asyncio workloads (``async-*``) run the asyncio contenders the same way,
+with tasks on a fresh event loop instead of threads (:mod:`.async_runner`);
+their results are the same :class:`RunResult` objects ("threads" = tasks).
+Each scenario runs the contenders of its kind only: thread contenders the
+thread workloads, asyncio contenders the asyncio ones.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import itertools
@@ -38,7 +45,7 @@ import threading
 import time
 from array import array
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Sequence
 
 import psycopg2
 
@@ -47,6 +54,7 @@ from .contenders import DEDICATED, Contender, Target
 __all__ = [
     "SAMPLE_INTERVAL",
     "WORKLOADS",
+    "AsyncWork",
     "BenchError",
     "RunResult",
     "Scenario",
@@ -105,6 +113,48 @@ def _short_transaction(conn: Any) -> None:
     cur.close()
 
 
+# The asyncio workloads: the same work through each asyncio driver's API.
+
+
+async def _yield_once(conn: Any) -> None:
+    # Hold the connection across one turn of the event loop. Without it a
+    # task whose acquire and release never suspend (the pools' fast paths do
+    # not) would loop alone until the deadline while the other tasks never
+    # ran: there would be no contention to measure, only one task's overhead.
+    await asyncio.sleep(0)
+
+
+async def _select_one_psycopg(conn: Any) -> None:
+    cur = conn.cursor()
+    await cur.execute("SELECT 1")
+    await cur.fetchone()
+    await cur.close()
+
+
+async def _select_one_asyncpg(conn: Any) -> None:
+    await conn.fetchval("SELECT 1")
+
+
+async def _short_transaction_psycopg(conn: Any) -> None:
+    # As _short_transaction: three round trips, ~2 ms held by the server.
+    cur = conn.cursor()
+    await cur.execute("BEGIN")
+    await cur.execute(_SLEEP_QUERY)
+    await cur.fetchone()
+    await cur.execute("COMMIT")
+    await cur.close()
+
+
+async def _short_transaction_asyncpg(conn: Any) -> None:
+    # BEGIN, the query, COMMIT: three round trips, as with psycopg.
+    async with conn.transaction():
+        await conn.fetchval(_SLEEP_QUERY)
+
+
+#: The work of an asyncio workload for one driver: awaited with the connection.
+AsyncWork = Callable[[Any], Awaitable[Any]]
+
+
 @dataclass(frozen=True)
 class Workload:
     """What a worker does with each connection it acquires."""
@@ -112,9 +162,25 @@ class Workload:
     key: str
     description: str
     # Called with the acquired connection; ``id`` (a C no-op) for checkout-only.
-    work: Callable[[Any], Any] = field(repr=False)
-    # Run by one thread whatever --threads says (the pure-overhead workload).
+    # None for the asyncio workloads.
+    work: Optional[Callable[[Any], Any]] = field(repr=False)
+    # Run by one thread (or task) whatever --threads (--tasks) says: the
+    # pure-overhead workloads.
     single_thread: bool = False
+    # The asyncio workloads: the work for each driver's connections (their
+    # APIs differ), None where there is nothing to do; None for thread workloads.
+    async_work: Optional[Mapping[str, Optional[AsyncWork]]] = field(default=None, repr=False)
+
+    @property
+    def is_async(self) -> bool:
+        """Run by asyncio tasks, through the asyncio contenders."""
+        return self.async_work is not None
+
+    def work_for(self, driver: str) -> Optional[AsyncWork]:
+        """The asyncio work for connections of ``driver`` (None: nothing to do)."""
+        if self.async_work is None or driver not in self.async_work:
+            raise BenchError(f"workload {self.key!r} has no asyncio work for {driver!r}")
+        return self.async_work[driver]
 
 
 WORKLOADS: Dict[str, Workload] = {
@@ -127,6 +193,34 @@ WORKLOADS: Dict[str, Workload] = {
             "transaction",
             f"BEGIN; SELECT pg_sleep({TRANSACTION_SLEEP}); COMMIT per checkout",
             _short_transaction,
+        ),
+        Workload(
+            "async-overhead",
+            "asyncio: checkout + return only, one task",
+            None,
+            single_thread=True,
+            async_work={"psycopg-async": None, "asyncpg": None},
+        ),
+        Workload(
+            "async-checkout",
+            "asyncio: checkout, one turn of the event loop, return",
+            None,
+            async_work={"psycopg-async": _yield_once, "asyncpg": _yield_once},
+        ),
+        Workload(
+            "async-select",
+            "asyncio: SELECT 1 per checkout",
+            None,
+            async_work={"psycopg-async": _select_one_psycopg, "asyncpg": _select_one_asyncpg},
+        ),
+        Workload(
+            "async-transaction",
+            f"asyncio: BEGIN; SELECT pg_sleep({TRANSACTION_SLEEP}); COMMIT per checkout",
+            None,
+            async_work={
+                "psycopg-async": _short_transaction_psycopg,
+                "asyncpg": _short_transaction_asyncpg,
+            },
         ),
     )
 }
@@ -142,8 +236,13 @@ class Scenario:
 
     @property
     def title(self) -> str:
-        threads = "1 thread" if self.threads == 1 else f"{self.threads} threads"
+        unit = "task" if self.workload.is_async else "thread"
+        threads = f"1 {unit}" if self.threads == 1 else f"{self.threads} {unit}s"
         return f"{self.workload.key} ({threads}, {self.size} connections)"
+
+    def runs(self, contender: Contender) -> bool:
+        """Whether ``contender`` takes part (thread or asyncio, as the workload)."""
+        return contender.is_async == self.workload.is_async
 
 
 # ---------------------------------------------------------------------------
@@ -274,6 +373,8 @@ class ScenarioResult:
         return {
             "workload": self.scenario.workload.key,
             "description": self.scenario.workload.description,
+            "asyncio": self.scenario.workload.is_async,
+            # Worker threads, or tasks for the asyncio workloads.
             "threads": self.scenario.threads,
             "size": self.scenario.size,
             "results": [summary.as_dict() for summary in self.summaries],
@@ -502,10 +603,16 @@ def run_once(
     """Run ``contender`` on ``scenario`` for ``duration`` seconds or ``ops`` operations.
 
     Raises whatever opening the contender raises, and BenchError if its threads
-    do not finish.
+    do not finish. An asyncio scenario is run by :func:`.async_runner.run_once_async`.
     """
     if (duration is None) == (ops is None):
         raise BenchError("give exactly one of duration and ops")
+    if contender.is_async or scenario.workload.is_async:
+        from .async_runner import run_once_async
+
+        return run_once_async(contender, scenario, target, round_no=round_no,
+                              duration=duration, ops=ops, sampler=sampler)
+    assert scenario.workload.work is not None
     threads = 1 if scenario.workload.single_thread else scenario.threads
     session = contender.open(
         target, min(scenario.size, threads) if contender.per_thread else scenario.size
@@ -602,7 +709,9 @@ def run_suite(
     """Run every contender on every scenario, ``rounds`` times, interleaved.
 
     ``progress(text)`` is called before each run. A contender that fails to
-    open or gets stuck is reported as failed; the others carry on.
+    open or gets stuck is reported as failed; the others carry on. A scenario
+    runs the contenders of its kind (thread or asyncio) only, and none is
+    reported when there are none.
     """
     if rounds < 1:
         raise BenchError("rounds must be >= 1")
@@ -611,11 +720,14 @@ def run_suite(
     results: List[ScenarioResult] = []
     try:
         for scenario in scenarios:
-            runs: Dict[str, List[RunResult]] = {c.key: [] for c in contenders}
+            taking_part = [c for c in contenders if scenario.runs(c)]
+            if not taking_part:
+                continue
+            runs: Dict[str, List[RunResult]] = {c.key: [] for c in taking_part}
             for round_no in range(rounds):
                 # Rotate the order each round: nobody always runs first or last.
-                shift = round_no % len(contenders) if contenders else 0
-                order = list(contenders[shift:]) + list(contenders[:shift])
+                shift = round_no % len(taking_part)
+                order = taking_part[shift:] + taking_part[:shift]
                 for contender in order:
                     if progress is not None:
                         progress(f"{scenario.workload.key} | {contender.label} | "
@@ -628,7 +740,7 @@ def run_suite(
                     except Exception as exc:
                         run = RunResult(contender.key, round_no, 0, failed=_describe(exc))
                     runs[contender.key].append(run)
-            results.append(summarize_scenario(scenario, contenders, runs))
+            results.append(summarize_scenario(scenario, taking_part, runs))
     finally:
         if sampler is not None:
             sampler.close()
