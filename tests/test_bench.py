@@ -15,7 +15,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List, Sequence
 
 import pytest
 
@@ -91,7 +91,7 @@ def test_quick_run_starts_its_own_server_and_reports(tmp_path: Path) -> None:
     assert table.index("async-overhead 1 task") > table.index("transaction 32/8")
     for key in ("async-checkout", "async-select", "async-transaction"):
         assert f"{key} 256/8" in table
-    assert "Targets (issue #5):" in table
+    assert "Targets:" in table
     assert "memory check (tracemalloc)" in table
 
     document = json.loads(report.read_text())
@@ -381,6 +381,62 @@ def test_each_driver_is_compared_with_its_own_dedicated_reference() -> None:
     assert result.get("asyncpg") is not None
     assert result.get("asyncpg").ratio_to_dedicated is None  # type: ignore[union-attr]
     assert result.get("pgreservoir-async").ratio_to_dedicated == pytest.approx(0.8)  # type: ignore[union-attr]
+
+
+def _async_scenario(workload: str, tasks: int, figures: Dict[str, Sequence[float]]) -> Any:
+    """A ScenarioResult from (ops/s, fairness) per contender, references included."""
+    runs = {}
+    for key, (ops, fairness) in figures.items():
+        workers = 8 if BY_KEY[key].per_thread else tasks
+        most = 100
+        thread_ops = [most] * (workers - 1) + [round(most * fairness)]
+        runs[key] = [_run(key, 0, int(ops), thread_ops)]
+    contenders = [BY_KEY[key] for key in figures]
+    return summarize_scenario(Scenario(WORKLOADS[workload], tasks, 8), contenders, runs)
+
+
+def test_asyncio_targets_from_summaries() -> None:
+    where = "256 tasks on 8 connections: pgreservoir (asyncio)"
+    select = _async_scenario("async-select", 256, {
+        "pgreservoir-async": (8000, 0.9), "psycopg_pool-async": (7000, 0.9),
+        "asyncpg": (9000, 0.0), "dedicated-async": (10000, 1), "dedicated-asyncpg": (20000, 1),
+    })
+    transaction = _async_scenario("async-transaction", 256, {
+        "pgreservoir-async": (2000, 0.5), "psycopg_pool-async": (2500, 0.9),
+        "asyncpg": (2900, 0.0), "dedicated-async": (2500, 1), "dedicated-asyncpg": (3000, 1),
+    })
+    overhead = _async_scenario("async-overhead", 1, {
+        "pgreservoir-async": (250_000, 1), "psycopg_pool-async": (200_000, 1),
+        "asyncpg": (7_000, 1), "dedicated-async": (2_000_000, 1),
+        "dedicated-asyncpg": (2_000_000, 1),
+    })
+    checks = {c.target: c.met for c in check_targets([overhead, select, transaction])}
+    assert checks["async-overhead, 1 task: pgreservoir (asyncio) the lowest cost per checkout "
+                  "of the asyncio pools"] is True  # 3.5 us vs 4.5 and 142
+    assert checks[f"async-select, {where} throughput at least psycopg_pool (asyncio)'s"] is True
+    assert checks[f"async-select, {where} x dedicated at least asyncpg's x its dedicated"] \
+        is True  # 0.80 vs 0.45
+    assert checks[f"async-select, {where} fairness >= 0.8"] is True
+    assert checks[f"async-transaction, {where} throughput at least psycopg_pool (asyncio)'s"] \
+        is False
+    assert checks[f"async-transaction, {where} x dedicated at least asyncpg's x its "
+                  "dedicated"] is False  # 0.80 vs 0.97
+    assert checks[f"async-transaction, {where} fairness >= 0.8"] is False
+    # The thread targets are not evaluated on asyncio scenarios.
+    assert all(t.startswith("async-") for t in checks)
+
+    table = format_table([overhead, select])
+    assert "async-overhead 1 task" in table
+    assert "async-select 256/8" in table
+
+    # A peer that did not run makes its target "could not tell", not "met".
+    alone = _async_scenario("async-select", 256, {
+        "pgreservoir-async": (8000, 0.9), "dedicated-async": (10000, 1),
+    })
+    checks = {c.target: c.met for c in check_targets([alone])}
+    assert checks[f"async-select, {where} throughput at least psycopg_pool (asyncio)'s"] is None
+    assert checks[f"async-select, {where} x dedicated at least asyncpg's x its dedicated"] \
+        is None
 
 
 # ---------------------------------------------------------------------------

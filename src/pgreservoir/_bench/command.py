@@ -309,7 +309,7 @@ def bench(options: BenchOptions, out: TextIO, err: TextIO) -> int:
     checks = check_targets(results, memory)
     if checks:
         lines.append("")
-        lines.append("Targets (issue #5):")
+        lines.append("Targets:")
         lines.append(format_targets(checks))
     lines.append("")
     lines.append(f"({elapsed:.0f} s)")

@@ -1,4 +1,4 @@
-"""Presenting results: the table, the targets of issue #5, JSON and a plot."""
+"""Presenting results: the table, the performance targets, JSON and a plot."""
 
 from __future__ import annotations
 
@@ -197,7 +197,7 @@ def _shape(scenario: ScenarioResult) -> str:
 def check_targets(
     results: Sequence[ScenarioResult], memory: Optional[Sequence[Any]] = None
 ) -> List[TargetCheck]:
-    """Evaluate issue #5's performance targets on this run's figures.
+    """Evaluate the performance targets on this run's figures.
 
     A target whose inputs did not run (workload or contender left out) is
     reported with ``met=None``. ``memory`` takes :class:`~.memory.MemoryResult`
@@ -209,6 +209,9 @@ def check_targets(
     checks += _check_select(_find(results, "select"))
     checks += _check_psycopg(results)
     checks += _check_dropin(results)
+    checks += _check_async_overhead(_find(results, "async-overhead"))
+    for workload in ("async-select", "async-transaction"):
+        checks += _check_async(_find(results, workload))
     for result in memory or ():
         checks.append(
             TargetCheck(
@@ -381,6 +384,79 @@ def _check_dropin(results: Sequence[ScenarioResult]) -> List[TargetCheck]:
             "psycopg2.pool's throughput",
             f"{dropin.ops_per_s:,.0f} vs {psycopg2_pool.ops_per_s:,.0f} ops/s = {ratio:.2f}x",
             ratio >= 1.0))
+    return checks
+
+
+# The asyncio pools: pgreservoir's against psycopg_pool's (same driver) and
+# asyncpg's (its own driver, so compared through its ratio to its own
+# dedicated connections).
+
+
+def _ours_async(scenario: ScenarioResult) -> List[Summary]:
+    return [
+        s
+        for s in scenario.summaries
+        if s.contender.kind == "pgreservoir" and s.contender.is_async and s.failed is None
+    ]
+
+
+def _check_async_overhead(scenario: Optional[ScenarioResult]) -> List[TargetCheck]:
+    """The lowest per-checkout cost of the asyncio pools, each above its dedicated loop."""
+    if scenario is None:
+        return []
+    checks = []
+    others = [p for p in _peers(scenario) if p.contender.is_async]
+    for ours in _ours_async(scenario):
+        target = f"async-overhead, 1 task: {ours.contender.label} the lowest cost per checkout " \
+                 "of the asyncio pools"
+        measured = [p for p in others if p.overhead_us is not None]
+        if ours.overhead_us is None or not measured:
+            checks.append(TargetCheck(
+                target, "needs the dedicated-async contender and an asyncio peer "
+                "(psycopg_pool-async or asyncpg, with dedicated-asyncpg)", None))
+            continue
+        listing = ", ".join(f"{p.contender.label} {p.overhead_us:.2f}" for p in measured)
+        checks.append(TargetCheck(
+            target,
+            f"{ours.overhead_us:.2f} us per get+put vs {listing}",
+            all(ours.overhead_us < p.overhead_us for p in measured if p.overhead_us is not None)))
+    return checks
+
+
+def _check_async(scenario: Optional[ScenarioResult]) -> List[TargetCheck]:
+    """Throughput against psycopg_pool's, ratio to dedicated against asyncpg's, fairness."""
+    if scenario is None:
+        return []
+    checks = []
+    where = f"{scenario.scenario.workload.key}, {_shape(scenario)}"
+    psycopg_pool = scenario.get("psycopg_pool-async")
+    asyncpg = scenario.get("asyncpg")
+    for ours in _ours_async(scenario):
+        name = ours.contender.label
+        target = f"{where}: {name} throughput at least psycopg_pool (asyncio)'s"
+        if psycopg_pool is None:
+            checks.append(TargetCheck(target, "psycopg_pool-async did not run", None))
+        else:
+            ratio = (ours.ops_per_s / psycopg_pool.ops_per_s if psycopg_pool.ops_per_s
+                     else math.inf)
+            checks.append(TargetCheck(
+                target,
+                f"{ours.ops_per_s:,.0f} vs {psycopg_pool.ops_per_s:,.0f} ops/s = {ratio:.2f}x",
+                ours.ops_per_s >= psycopg_pool.ops_per_s))
+        target = f"{where}: {name} x dedicated at least asyncpg's x its dedicated"
+        if ours.ratio_to_dedicated is None:
+            checks.append(TargetCheck(target, "needs the dedicated-async contender", None))
+        elif asyncpg is None or asyncpg.ratio_to_dedicated is None:
+            checks.append(TargetCheck(
+                target, "needs the asyncpg and dedicated-asyncpg contenders", None))
+        else:
+            checks.append(TargetCheck(
+                target,
+                f"{ours.ratio_to_dedicated:.3f}x vs asyncpg {asyncpg.ratio_to_dedicated:.3f}x",
+                ours.ratio_to_dedicated >= asyncpg.ratio_to_dedicated))
+        checks.append(TargetCheck(
+            f"{where}: {name} fairness >= {FAIRNESS_TARGET}",
+            f"{ours.fairness:.3f}", ours.fairness >= FAIRNESS_TARGET))
     return checks
 
 
