@@ -63,6 +63,9 @@ def _bench_parser(subparsers: argparse._SubParsersAction) -> None:  # type: igno
     parser.add_argument("--threads", type=_positive_int,
                         help=f"worker threads (default {DEFAULTS['threads']}; "
                              "the overhead workload always uses 1)")
+    parser.add_argument("--tasks", type=_positive_int,
+                        help=f"asyncio tasks in the async-* workloads (default "
+                             f"{DEFAULTS['tasks']}; async-overhead always uses 1)")
     parser.add_argument("--size", type=_positive_int,
                         help=f"connections per pool (default {DEFAULTS['size']})")
     parser.add_argument("--duration", type=_positive_float,
@@ -114,6 +117,7 @@ def _run_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
     options = BenchOptions(
         dsn=args.dsn,
         threads=args.threads,
+        tasks=args.tasks,
         size=args.size,
         duration=args.duration,
         ops=args.ops,
