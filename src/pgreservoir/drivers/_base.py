@@ -8,6 +8,7 @@ paths (``verdict``) are written out in each for speed.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 from typing import Any, Mapping, Optional, Tuple
 
@@ -25,7 +26,7 @@ def is_lost_sqlstate(code: Optional[str]) -> bool:
     return code.startswith("08") or code in ("57P01", "57P02", "57P03")
 
 
-class DriverBase:
+class DriverBase(abc.ABC):
     """Display, redaction, socket operations, settings and the ping, for libpq drivers."""
 
     __slots__ = ("_masked", "_secrets", "server_ports")
@@ -48,9 +49,9 @@ class DriverBase:
             "valid connection string"
         )
 
+    @abc.abstractmethod
     def fileno(self, conn: Any) -> int:
         """The connection's socket descriptor."""
-        raise NotImplementedError  # pragma: no cover - every driver defines it
 
     def probe(self, conn: Any) -> Probe:
         return make_probe(self.fileno(conn))

@@ -1,7 +1,7 @@
 """Socket-level helpers shared by the drivers: the liveness probe, shutting a
 connection's socket from another thread, and fork hygiene.
 
-Everything here works for any descriptor number: ``select.select()`` rejects
+Everything here works for any descriptor number: ``select()`` rejects
 descriptors >= 1024 (a busy server process easily has that many files open),
 so it is never used.
 """
