@@ -148,6 +148,14 @@ class PoolOptions:
     timeout: float = _option(
         30.0, _seconds(), "default seconds getconn() waits in line before PoolTimeout"
     )
+    barge_window: float = _option(
+        0.01,
+        _seconds(),
+        "while callers wait, a returned connection may be taken again at once (by "
+        "the thread that returned it, usually) instead of being handed to the line, "
+        "until the longest waiter has waited this long; 0: strict first come, first "
+        "served (see docs/fairness.md)",
+    )
     max_waiting: int = _option(
         0, _count(0), "callers allowed to wait at once (0: no limit); beyond it TooManyRequests"
     )

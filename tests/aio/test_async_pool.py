@@ -497,6 +497,89 @@ def test_256_tasks_on_8_connections_all_progress(postgres_dsn: str) -> None:
     run(main(), timeout=120)
 
 
+def test_a_connection_left_idle_goes_to_the_waiter_when_its_window_ends(
+    postgres_dsn: str,
+) -> None:
+    async def main() -> None:
+        # A long window: the returned connection idles (the returner could
+        # take it back), and only the waiter's own claim at the end of its
+        # window can serve it, long before its timeout.
+        async with AsyncConnectionPool(
+            postgres_dsn, min_size=1, max_size=1, barge_window=2.0, timeout=60.0
+        ) as pool:
+            held = await pool.getconn()
+            task = asyncio.create_task(pool.getconn())
+            await until(lambda: pool.stats()["waiting"] == 1, "the waiter in line")
+            await pool.putconn(held)
+            assert pool.stats()["idle"] == 1  # not handed over: within the window
+            assert await asyncio.wait_for(task, DEADLINE) is held
+            assert pool.stats()["timeouts"] == 0
+            await pool.putconn(held)
+            assert consistent(pool)
+
+    run(main())
+
+
+def test_cancelled_within_the_window_or_as_it_ends(postgres_dsn: str) -> None:
+    async def main() -> None:
+        async with AsyncConnectionPool(
+            postgres_dsn, min_size=1, max_size=1, barge_window=0.05
+        ) as pool:
+            for delay in (0.0, 0.01, 0.049, 0.05, 0.051, 0.06):
+                held = await pool.getconn()
+                task = asyncio.create_task(pool.getconn(timeout=DEADLINE))
+                await until(lambda: pool.stats()["waiting"] == 1, "the waiter in line")
+                await pool.putconn(held)  # idle: the waiter claims it at 50 ms
+                await asyncio.sleep(delay)
+                task.cancel()
+                try:
+                    conn = await task
+                except asyncio.CancelledError:
+                    pass
+                else:  # served before the cancellation landed
+                    await pool.putconn(conn)
+                await until(lambda: pool.stats()["idle"] == 1, "the connection back")
+                assert pool.stats()["waiting"] == 0
+                assert consistent(pool)
+
+    run(main())
+
+
+def test_a_busy_task_cannot_starve_the_line(postgres_dsn: str) -> None:
+    async def main() -> None:
+        async with AsyncConnectionPool(
+            postgres_dsn, min_size=1, max_size=1, barge_window=0.005, timeout=DEADLINE
+        ) as pool:
+            stop = asyncio.Event()
+            busy_rounds = 0
+
+            async def busy() -> None:
+                nonlocal busy_rounds
+                while not stop.is_set():
+                    async with pool.connection() as conn:
+                        await conn.execute("SELECT 1")
+                    busy_rounds += 1
+
+            served = [0, 0, 0]
+
+            async def patient(i: int) -> None:
+                for _ in range(10):
+                    async with pool.connection() as conn:
+                        await conn.execute("SELECT 1")
+                    served[i] += 1
+
+            hog = asyncio.create_task(busy())
+            await until(lambda: busy_rounds > 20, "the busy task running")
+            await asyncio.gather(*(patient(i) for i in range(3)))
+            stop.set()
+            await hog
+            assert served == [10, 10, 10]
+            assert pool.stats()["timeouts"] == 0
+            assert consistent(pool)
+
+    run(main())
+
+
 def test_terminated_backends_are_never_handed_out(
     postgres_server: PostgresServer, postgres_dsn: str
 ) -> None:

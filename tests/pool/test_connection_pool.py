@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable, Iterator, List
+from typing import Any, Callable, Iterator, List, Optional
 
 import psycopg
 import psycopg2
@@ -126,7 +126,7 @@ def test_timeout_when_all_in_use(make_pool: Callable[..., ConnectionPool]) -> No
 
 
 def test_fifo_hand_off_and_no_barging(make_pool: Callable[..., ConnectionPool]) -> None:
-    pool = make_pool(min_size=1, max_size=1)
+    pool = make_pool(min_size=1, max_size=1, barge_window=0)  # strict first come, first served
     first = pool.getconn()
     served: List[int] = []
     lock = threading.Lock()
@@ -164,10 +164,15 @@ def test_max_waiting_turns_callers_away(make_pool: Callable[..., ConnectionPool]
     waiter.join(DEADLINE)
 
 
+@pytest.mark.parametrize("window", [None, 0.0, 0.05], ids=["default-window", "fifo", "50ms"])
 def test_32_threads_on_8_connections_all_progress_no_double_hand_out(
-    make_pool: Callable[..., ConnectionPool], postgres_server: PostgresServer, postgres_dsn: str
+    make_pool: Callable[..., ConnectionPool],
+    postgres_server: PostgresServer,
+    postgres_dsn: str,
+    window: Optional[float],
 ) -> None:
-    pool = make_pool(min_size=8, max_size=8)
+    options = {} if window is None else {"barge_window": window}
+    pool = make_pool(min_size=8, max_size=8, **options)
     pool.wait(DEADLINE)
     owners: dict[int, int] = {}
     guard = threading.Lock()

@@ -159,6 +159,9 @@ _DEFAULTS: Dict[str, Any] = {
     "name": "test",
     "timeout": 5.0,
     "check_idle_after": None,
+    # Strict FIFO, which most tests spell out step by step; the barging
+    # tests set a window of their own.
+    "barge_window": 0.0,
 }
 
 

@@ -676,3 +676,253 @@ def test_a_null_pool_keeps_no_idle_connection() -> None:
     assert not out.events  # routine: not logged
     assert core.gauges()["size"] == 1
     core.check_invariants()
+
+
+# ----------------------------------------------------------------------
+# Bounded barging (barge_window)
+# ----------------------------------------------------------------------
+
+WINDOW = 0.010
+# Just past the window (clear of float rounding at T0 + WINDOW).
+PAST = WINDOW + 1e-6
+
+
+def waiting(core: Core, now: float, timeout: float = 5.0) -> Waiter:
+    plan = core.checkout(now, timeout)
+    assert isinstance(plan, Plan)
+    assert plan.waiter is not None, plan
+    core.check_invariants()
+    return plan.waiter
+
+
+def leased_from_the_line(core: Core, now: float) -> Entry:
+    """The pool's one connection, just handed to a waiter (so its lease is fresh)."""
+    held = take(core, now)
+    w = waiting(core, now)
+    assert give(core, held, now=now + PAST) is w  # the head has waited out the window
+    assert w.entry is held
+    return held
+
+
+def test_within_the_window_a_returned_connection_is_the_next_askers() -> None:
+    core = make_core(min_size=1, max_size=1, barge_window=WINDOW)
+    fill(core, 1)
+    held = leased_from_the_line(core, T0)
+    t = T0 + PAST
+    w = waiting(core, t)
+    # The returner gets it straight back: no hand-off, the waiter stays in line.
+    assert give(core, held, now=t + 0.001) is None
+    assert core.checkout(t + 0.001, 0.0) is held
+    assert core.gauges()["waiting"] == 1
+    assert w.entry is None
+    # Once the head has waited out the window, the next return goes to it.
+    assert give(core, held, now=t + PAST) is w
+    assert w.entry is held
+    core.check_invariants()
+
+
+def test_a_connection_goes_to_the_line_once_it_has_had_its_share_of_the_window() -> None:
+    core = make_core(min_size=1, max_size=1, barge_window=WINDOW)
+    fill(core, 1)
+    held = leased_from_the_line(core, T0)
+    t = T0 + PAST
+    w = waiting(core, t + 0.004)
+    # One waiter on one connection: kept from the line for at most
+    # window * 1 / 1 * 0.5 = 5 ms since it was last handed from the line.
+    assert give(core, held, now=t + 0.004) is None
+    assert take(core, t + 0.004) is held
+    assert give(core, held, now=t + 0.0051) is w
+    core.check_invariants()
+
+
+def test_an_arrival_takes_an_idle_connection_only_while_the_head_is_within_its_window() -> None:
+    core = make_core(min_size=1, max_size=1, barge_window=WINDOW)
+    fill(core, 1)
+    held = leased_from_the_line(core, T0)
+    t = T0 + PAST
+    w = waiting(core, t)
+    assert give(core, held, now=t) is None
+    # Past the head's window, the idle connection is the head's; the arrival
+    # is refused (timeout 0) or waits behind it.
+    plan = core.checkout(t + PAST, 0.0)
+    assert isinstance(plan, Plan)
+    assert isinstance(plan.error, PoolTimeout)
+    assert plan.wake == [w]
+    assert w.entry is held
+    core.check_invariants()
+
+
+def test_a_waiter_whose_window_ends_claims_what_was_left_idle_in_line_order() -> None:
+    core = make_core(min_size=2, max_size=2, barge_window=WINDOW)
+    fill(core, 2)
+    b = take(core, T0)
+    a = leased_from_the_line(core, T0)
+    t = T0 + PAST
+    older = waiting(core, t)
+    younger = waiting(core, t + 0.001)
+    assert give(core, a, now=t + 0.002) is None  # idle: nobody comes back for it
+    # The younger one's window ends first in this script; the older is
+    # still served first, and woken, since it does not know.
+    plan = core.claim(younger, t + 0.001 + PAST)
+    assert plan.wake == [older]
+    assert older.entry is a
+    assert younger.entry is None
+    core.check_invariants()
+    give(core, b, now=t + 0.003)  # b came back idle too
+    plan = core.claim(younger, t + 0.002 + PAST)
+    assert not plan.wake  # the claimer is running: it is not woken
+    assert younger.entry is b
+    assert core.gauges()["waiting"] == 0
+    core.check_invariants()
+    # A claim after being served changes nothing.
+    assert not core.claim(younger, t + 1.0)
+
+
+def test_a_waiter_passed_until_its_time_ran_out_is_served_not_timed_out() -> None:
+    core = make_core(min_size=1, max_size=1, barge_window=1.0)
+    fill(core, 1)
+    held = take(core)
+    w = waiting(core, T0, timeout=0.1)
+    assert give(core, held, now=T0) is None  # fresh lease, head within the window
+    out = core.give_up(w, T0 + 0.1)
+    assert out.error is None
+    assert out.entry is held
+    assert core.stats()["timeouts"] == 0
+    core.check_invariants()
+
+
+def test_an_interrupted_waiter_leaves_an_idle_connection_idle() -> None:
+    core = make_core(min_size=1, max_size=1, barge_window=1.0)
+    fill(core, 1)
+    held = take(core)
+    w = waiting(core, T0)
+    give(core, held, now=T0)
+    out = core.give_up(w, T0, interrupted=True)
+    assert out.entry is None
+    assert w.entry is None
+    assert core.gauges() == {**core.gauges(), "idle": 1, "waiting": 0, "in_use": 0}
+    core.check_invariants()
+
+
+def test_window_zero_and_null_pools_hand_every_return_to_the_line() -> None:
+    for core in (
+        make_core(min_size=1, max_size=1, barge_window=0.0),
+        make_core(min_size=0, max_size=1, barge_window=60.0, keep_idle=False),
+    ):
+        plan = core.start(T0)
+        entry = open_one(core) if plan.open else None
+        if entry is None:
+            ticket = core.checkout(T0, 0.0)
+            assert isinstance(ticket, Plan)
+        held = take(core) if entry is not None else None
+        if held is None:
+            continue
+        w = waiting(core, T0)
+        assert give(core, held, now=T0) is w
+
+
+def test_growth_does_not_open_for_waiters_an_idle_connection_covers() -> None:
+    core = make_core(min_size=1, max_size=3, barge_window=WINDOW)
+    fill(core, 1)
+    held = leased_from_the_line(core, T0)
+    t = T0 + PAST
+    w = waiting(core, t)
+    # The waiter was covered by an open when it joined; once that open is
+    # done and the returned connection idles, nothing more is requested.
+    assert core.stats()["size"] == 2
+    assert give(core, held, now=t) is None
+    open_one(core, t)  # the open requested for w serves w
+    assert w.entry is not None
+    assert core.stats()["size"] == 2
+    assert core.housekeep(t).open == 0
+
+
+def test_resize_repaces_the_window() -> None:
+    core = make_core(min_size=1, max_size=1, barge_window=WINDOW)
+    fill(core, 1)
+    held = leased_from_the_line(core, T0)
+    t = T0 + PAST
+    core.resize(1, 4, t)
+    w = waiting(core, t + 0.004)
+    assert w is not None
+    # Four connections' worth of pace for one waiter: 20 ms, past the window
+    # itself, which still bounds the wait.
+    assert give(core, held, now=t + 0.009) is None
+    take(core, t + 0.009)
+    assert give(core, held, now=t + 0.004 + PAST) is w
+
+
+@pytest.mark.parametrize("window", [0.0, 0.3, 2.0])
+def test_barging_invariants_hold_through_a_random_walk(window: float) -> None:
+    import random
+
+    rng = random.Random(11)
+    core = make_core(min_size=1, max_size=3, max_lifetime=40.0, max_idle=5.0, barge_window=window)
+    core.start(T0)
+    now = T0
+    held: List[Entry] = []
+    waiters: List[Waiter] = []
+    tickets: List[Entry] = []
+
+    def woken(plan: Plan) -> None:
+        for w in plan.wake:
+            waiters.remove(w)
+            if w.entry is not None:
+                held.append(w.entry)
+
+    for _ in range(6000):
+        now += rng.random() * 0.2
+        action = rng.randrange(7)
+        if action == 0:
+            got = core.checkout(now, rng.choice([0.0, 5.0]))
+            if isinstance(got, Entry):
+                held.append(got)
+            else:
+                woken(got)
+                if got.entry is not None:
+                    held.append(got.entry)
+                elif got.waiter is not None:
+                    waiters.append(got.waiter)
+        elif action == 1 and held:
+            entry = held.pop(rng.randrange(len(held)))
+            overdue = bool(core._waiters) and now - core._waiters[0].since >= window
+            out = core.checkin(entry, entry.conn, rng.choice([CLEAN, CLEAN, CLEAN, DIRTY]), now)
+            if isinstance(out, Waiter):
+                held.append(out.entry)  # type: ignore[arg-type]
+                waiters.remove(out)
+            elif isinstance(out, Plan):
+                if out.clean is not None:
+                    woken(core.cleaned(out.clean, now))
+            elif overdue:
+                raise AssertionError("a return went idle past the head's window")
+        elif action == 2:
+            ticket = core.claim_open(now)
+            if isinstance(ticket, Entry):
+                tickets.append(ticket)
+        elif action == 3 and tickets:
+            ticket = tickets.pop(0)
+            core.connected(ticket, FakeConn(), now)
+            woken(core.opened(ticket, (False,), probe, now))
+        elif action == 4 and waiters:
+            w = rng.choice(waiters)
+            if now - w.since >= window:  # its window ended: the shell claims
+                plan = core.claim(w, now)
+                woken(plan)
+                if w.entry is not None:
+                    waiters.remove(w)
+                    held.append(w.entry)
+                # Nothing is left idle for a waiter past its window.
+                assert w.entry is not None or not core._idle
+        elif action == 5 and waiters:
+            w = waiters.pop(rng.randrange(len(waiters)))
+            out = core.give_up(w, now, interrupted=rng.random() < 0.5)
+            woken(out)
+            if out.entry is not None:
+                held.append(out.entry)
+        elif action == 6:
+            core.housekeep(now)
+        core.check_invariants()
+        assert len({id(e) for e in held}) == len(held), "handed out twice"
+        in_line = list(core._waiters)
+        assert in_line == sorted(in_line, key=lambda w: w.since) or window == 0.0
+    assert core.stats()["requests"] > 0

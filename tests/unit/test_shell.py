@@ -6,7 +6,7 @@ import pickle
 import random
 import threading
 import time
-from typing import Any, Callable, List
+from typing import Any, Callable, Dict, List
 
 import psycopg2.pool
 import pytest
@@ -621,3 +621,103 @@ def test_closed_connections_are_not_reported_as_collected() -> None:
     engine.housekeep()
     assert engine.stats()["connections_leaked"] == 0
     engine.close(0.0)
+
+
+def test_a_connection_left_idle_goes_to_the_waiter_when_its_window_ends() -> None:
+    # The clock stands still: the returned connection idles (its holder may
+    # keep it within the window) and only the waiter's own wake-up at the
+    # end of its window (real time) can serve it, long before its timeout.
+    clock = Clock()
+    engine = make_shell(clock=clock, max_size=1, barge_window=0.3, timeout=60.0)
+    held = engine.acquire()
+    results: List[Any] = []
+    thread = start_getter(engine, results, timeout=60.0)
+    wait_until(_waiting_is(engine, 1), "the waiter in line")
+    engine.release(held)
+    assert engine.stats()["idle"] == 1  # not handed over: within the window
+    thread.join(DEADLINE)
+    assert results == [held]
+    assert engine.stats()["timeouts"] == 0
+    engine.release(held)
+    check_invariant(engine)
+    engine.close(5.0)
+
+
+def test_a_hot_loop_cannot_starve_a_waiter() -> None:
+    # One connection; a thread takes it back as soon as it returns it. With a
+    # window, the waiters still get it, in turn, every time.
+    engine = make_shell(max_size=1, barge_window=0.005, timeout=30.0)
+    done = threading.Event()
+    hot_loops = [0]
+
+    def hot() -> None:
+        while not done.is_set():
+            conn = engine.acquire()
+            hot_loops[0] += 1
+            engine.release(conn)
+
+    served: List[Any] = []
+
+    def patient() -> None:
+        for _ in range(20):
+            conn = engine.acquire()
+            served.append(conn)
+            engine.release(conn)
+
+    hot_thread = threading.Thread(target=hot, daemon=True)
+    hot_thread.start()
+    wait_until(lambda: hot_loops[0] > 100, "the hot loop running")
+    waiters = [threading.Thread(target=patient, daemon=True) for _ in range(3)]
+    for thread in waiters:
+        thread.start()
+    for thread in waiters:
+        thread.join(DEADLINE * 2)
+    done.set()
+    hot_thread.join(DEADLINE)
+    assert len(served) == 60
+    assert not hot_thread.is_alive()
+    stats = engine.stats()
+    assert stats["timeouts"] == 0
+    assert stats["in_use"] == 0
+    assert stats["size"] == 1
+    check_invariant(engine)
+    engine.close(5.0)
+
+
+@pytest.mark.parametrize("window", [0.0, 0.002, 0.05])
+def test_many_threads_with_a_window_never_double_hand_out_or_lose_a_slot(window: float) -> None:
+    engine = make_shell(max_size=3, barge_window=window, timeout=30.0)
+    holders: Dict[int, int] = {}
+    lock = threading.Lock()
+    errors: List[BaseException] = []
+
+    def work(seed: int) -> None:
+        rng = random.Random(seed)
+        try:
+            for _ in range(300):
+                conn = engine.acquire()
+                with lock:
+                    assert id(conn) not in holders, "handed to two callers"
+                    holders[id(conn)] = seed
+                if rng.random() < 0.1:
+                    time.sleep(0.0005)
+                with lock:
+                    del holders[id(conn)]
+                engine.release(conn)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(DEADLINE * 3)
+    assert not any(t.is_alive() for t in threads), "a caller hung"
+    assert errors == []
+    stats = engine.stats()
+    assert stats["requests"] == 12 * 300
+    assert stats["in_use"] == 0
+    assert stats["waiting"] == 0
+    assert stats["size"] == 3
+    check_invariant(engine)
+    engine.close(5.0)

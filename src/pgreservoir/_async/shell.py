@@ -69,6 +69,14 @@ def _wake(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
+async def _until_woken(fut: asyncio.Future[None], timer: asyncio.TimerHandle) -> None:
+    """Await ``fut`` (set by the core's wake or by ``timer``), then drop the timer."""
+    try:
+        await fut
+    finally:
+        timer.cancel()
+
+
 def _consume(task: asyncio.Task[Any]) -> None:
     # A pool task's failure is reported through the core; never let asyncio
     # log "Task exception was never retrieved" for it.
@@ -106,6 +114,7 @@ class AsyncPool:
         self._reset = options.reset
         self._user_check = options.check
         self._check_timeout = options.check_timeout
+        self._barge = core.barge_window
         self._reconnect_failed = reconnect_failed
         self._owner = self if owner is None else owner
         self._verdict = driver.verdict
@@ -216,18 +225,13 @@ class AsyncPool:
 
     async def _wait(self, waiter: Waiter, deadline: float) -> Entry:
         """Wait in line until served or ``deadline``; PoolTimeout/PoolClosed otherwise."""
-        assert self._loop is not None
-        fut = waiter.handle
-        timer = self._loop.call_at(self._loop_time(deadline), _wake, fut)
         try:
-            await fut
+            await self._sleep(waiter, deadline)
         except BaseException:
             # Cancelled (or interrupted), whether or not served already: leave
             # the line; a connection handed to us goes to the next in line.
-            timer.cancel()
             self.carry_out(self.core.give_up(waiter, self.clock(), interrupted=True))
             raise
-        timer.cancel()
         if waiter.error is not None:
             throw(waiter.take_error())
         if waiter.entry is not None:
@@ -238,6 +242,27 @@ class AsyncPool:
             throw(plan.take_error())
         assert plan.entry is not None
         return plan.entry
+
+    async def _sleep(self, waiter: Waiter, deadline: float) -> None:
+        """Until the core gives ``waiter`` an outcome, or ``deadline``. With a
+        barging window, first until the window ends: then claim a connection
+        left idle by callers that passed it (see SyncPool._sleep)."""
+        loop = self._loop
+        assert loop is not None
+        window_end = waiter.since + self._barge
+        if self._barge and window_end < deadline:
+            await _until_woken(
+                waiter.handle, loop.call_at(self._loop_time(window_end), _wake, waiter.handle)
+            )
+            if waiter.entry is not None or waiter.error is not None:
+                return
+            self.carry_out(self.core.claim(waiter, self.clock()))
+            if waiter.entry is not None or waiter.error is not None:
+                return
+            # The timer completed the old future: the core wakes this one.
+            waiter.handle = loop.create_future()
+        fut = waiter.handle
+        await _until_woken(fut, loop.call_at(self._loop_time(deadline), _wake, fut))
 
     async def _vet(self, entry: Entry, deadline: float, no_wait: bool) -> Any:
         """Check a connection handed to us; return it, or None if it was dead."""

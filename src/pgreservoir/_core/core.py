@@ -16,12 +16,20 @@ Design notes
   call that decides its fate; a slot is freed exactly once (entry CLOSED), so
   a connection can be closed only once and ``size`` cannot drift.
 * **Fair line, acknowledged hand-off.** A caller that finds no idle
-  connection joins ``_waiters`` (FIFO). A connection that comes back while
-  someone waits is assigned to the oldest waiter in the same call, before
-  the waiter runs: idle connections and waiters never coexist, so a newcomer
-  or the returning thread cannot barge past the line. A waiter that gives up
-  (timeout, exception, cancellation) asks the core, which tells it whether it
-  was served meanwhile and re-routes what it was given.
+  connection joins ``_waiters`` (FIFO). A connection handed to the line goes
+  to the oldest waiter in the same call, before the waiter runs. A waiter
+  that gives up (timeout, exception, cancellation) asks the core, which
+  tells it whether it was served meanwhile and re-routes what it was given.
+* **Bounded barging** (``barge_window``). Handing a connection from one
+  thread to another costs two wake-ups; the thread that returns a
+  connection usually wants the next one at once. So a returned connection
+  goes to idle, for whoever asks first, while the line's head has waited
+  less than the window and the connection has not been kept from the line
+  longer than its share of it (``_PACE``); otherwise to the line. Waiters
+  never pass each other, and a waiter whose window ends takes any
+  connection left idle (``claim``): so a connection never sits idle while
+  someone has waited longer than the window. With a window of 0, idle
+  connections and waiters never coexist (strict FIFO).
 * **Every hand-out is checked by the receiver.** The core hands a connection
   to one caller (IN_USE) and marks how much checking it needs (``vet``); the
   receiving thread probes its socket (zero round trips) and, if asked, pings
@@ -85,6 +93,17 @@ _IN_USE = State.IN_USE
 _RESERVED = State.RESERVED
 _CLOSED = State.CLOSED
 
+# Barging pace: while callers wait, a returned connection goes to the line
+# once it has been kept from it for barge_window * max_size / waiting * _PACE
+# seconds. With n waiting on m connections the line then moves on n / (m *
+# that) per second: a newcomer at its tail waits about _PACE * barge_window,
+# and the window itself is the backstop. Each connection goes to the line on
+# a steady beat, rather than whenever the head happens to run out of time,
+# so every thread gets connections for like spells: measured on 32 threads
+# and 8 connections, that keeps the spread of work between threads close to
+# strict FIFO's while most checkouts need no hand-off between threads.
+_PACE = 0.5
+
 # Discards that are routine, so not worth a log line.
 _QUIET = (CloseReason.POOL_CLOSED, CloseReason.ABANDONED, CloseReason.NOT_KEPT)
 
@@ -122,6 +141,9 @@ class Core:
         self.new_handle: Callable[[], Any] = lambda: None
         self._inline = inline
         self._lifo = lifo
+        # A null pool keeps no idle connection a waiter could be passed by.
+        self._barge = self.barge_window = options.barge_window if keep_idle else 0.0
+        self._pace = self._barge * max_size * _PACE
         self._random = rng
         self.timeout = options.timeout
         self._max_waiting = options.max_waiting
@@ -224,7 +246,10 @@ class Core:
         turned out dead; it goes back to the head of the line.
         """
         idle = self._idle
-        if idle:
+        # Waiters and idle connections coexist only within the barging window:
+        # while the line's head has waited less than it, a caller takes an
+        # idle connection ahead of the line.
+        if idle and (not self._waiters or now - self._waiters[0].since < self._barge):
             entry = idle.pop() if self._lifo else idle.pop(0)
             if entry.expires > now:
                 if not retry:
@@ -263,6 +288,8 @@ class Core:
         plan = Plan()
         if not retry:
             self._requests += 1
+        if self._waiters and self._idle:
+            self._serve_overdue(now, plan)
         while self._idle:
             entry = self._idle.pop() if self._lifo else self._idle.pop(0)
             if entry.expires <= now:
@@ -342,16 +369,57 @@ class Core:
         if waiter.error is not None:
             if not interrupted:
                 plan.error = waiter.error
+            return plan
+        if not interrupted and self._idle:
+            # Passed within the barging window until its time ran out: it is
+            # served (after anyone older) rather than timed out.
+            self._serve_idle(waiter, now, plan)
+            if waiter.entry is not None:
+                plan.entry = waiter.entry
+                return plan
+        self._waiters.remove(waiter)
+        waited = now - waiter.since
+        self._waits.record(waited)
+        if interrupted:
+            self._cancelled += 1
         else:
-            self._waiters.remove(waiter)
-            waited = now - waiter.since
-            self._waits.record(waited)
-            if interrupted:
-                self._cancelled += 1
-            else:
-                self._timeouts += 1
-                plan.error = self._timeout_error(waited)
+            self._timeouts += 1
+            plan.error = self._timeout_error(waited)
         return plan
+
+    def claim(self, waiter: Waiter, now: float) -> Plan:
+        """``waiter``'s barging window ran out: connections left idle by callers
+        that passed it go to the line, oldest first, until it is served. The
+        shell then reads ``waiter.entry`` (served; it is not woken) or
+        ``waiter.error``, or waits on; ``plan`` wakes the older ones served."""
+        plan = Plan()
+        if waiter.entry is None and waiter.error is None:
+            self._serve_idle(waiter, now, plan)
+        return plan
+
+    def _serve_idle(self, waiter: Waiter, now: float, plan: Plan) -> None:
+        """Hand idle connections to the line's head until ``waiter`` (in line,
+        running, so not woken) is served or none is left."""
+        idle = self._idle
+        while idle and waiter.entry is None:
+            entry = idle.pop() if self._lifo else idle.pop(0)
+            if entry.expires <= now:
+                self._discard(entry, CloseReason.EXPIRED, now, plan)
+                continue
+            served = self._hand_off(entry, now)
+            if served is not waiter:
+                plan.add("wake", served)
+
+    def _serve_overdue(self, now: float, plan: Plan) -> None:
+        """Idle connections go to the waiters at the line's head whose barging
+        window has run out (they would be woken for them anyway)."""
+        idle, waiters, barge = self._idle, self._waiters, self._barge
+        while idle and waiters and (not barge or now - waiters[0].since >= barge):
+            entry = idle.pop() if self._lifo else idle.pop(0)
+            if entry.expires <= now:
+                self._discard(entry, CloseReason.EXPIRED, now, plan)
+                continue
+            plan.add("wake", self._hand_off(entry, now))
 
     def put_back(self, entry: Entry, now: float) -> Plan:
         """A caller hands back, unused, a connection it was just given (it was
@@ -414,7 +482,16 @@ class Core:
             and self._size <= self.max_size
         ):
             entry.last_used = now
-            if self._waiters:
+            waiters = self._waiters
+            # To the line if its head has waited out the barging window, or
+            # if this connection has been kept from the line for its share of
+            # the window (see _PACE); otherwise idle, for whoever asks first:
+            # usually this thread, back for its next checkout without blocking.
+            if waiters and (
+                not self._barge
+                or now - waiters[0].since >= self._barge
+                or (now - entry.leased) * len(waiters) >= self._pace
+            ):
                 return self._hand_off(entry, now)
             if self._keep_idle:
                 entry.state = _IDLE
@@ -498,6 +575,7 @@ class Core:
         """Give ``entry`` to the oldest waiter; the shell must wake it."""
         waiter = self._waiters.popleft()
         self._give(entry, now)
+        entry.leased = now
         self._waits.record(now - waiter.since)
         waiter.entry = entry
         return waiter
@@ -533,7 +611,7 @@ class Core:
         underway = self._to_open + self._bg_opening
         need = max(
             self.min_size - self._size,
-            len(self._waiters) - underway,
+            len(self._waiters) - underway - len(self._idle),
             1 if self._probe_wanted and underway == 0 else 0,
         )
         need = min(need, self.max_size - self._size)
@@ -847,6 +925,7 @@ class Core:
             return plan
         self.min_size = min_size
         self.max_size = max_size
+        self._pace = self._barge * max_size * _PACE
         # Requested opens nobody started are the first to go.
         cancel = min(self._to_open, max(0, self._size - max_size))
         self._to_open -= cancel
@@ -1036,7 +1115,9 @@ class Core:
         )
         assert self._size == total, f"size {self._size} != {total} ({self.gauges()})"
         assert self._size >= 0
-        assert not (self._waiters and self._idle), "waiters and idle connections coexist"
+        assert self._barge or not (self._waiters and self._idle), (
+            "waiters and idle connections coexist without a barging window"
+        )
         assert all(e.state is _IDLE for e in self._idle)
         assert all(e.state is _IN_USE for e in self.in_use.values())
         assert all(e.state is _RESERVED for e in self._reserved)

@@ -60,6 +60,7 @@ class Entry:
         "key",
         "last_used",
         "leak_reported",
+        "leased",
         "probe",
         "ref",
         "state",
@@ -85,6 +86,7 @@ class Entry:
         self.expires = now  # retirement deadline (jittered), set once connected
         self.last_used = now  # when it last came back to the pool (or was opened)
         self.taken_at = now  # when it was last handed out
+        self.leased = now  # when it was last handed to a caller in line
         self.checked_at = now  # last background check
         self.vet = PROBE  # what the receiving thread must check before use
         self.baseline: Any = None  # session settings restored at check-in

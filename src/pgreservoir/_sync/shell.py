@@ -103,6 +103,7 @@ class SyncPool:
         self._reset = options.reset
         self._user_check = options.check
         self._check_timeout = options.check_timeout
+        self._barge = core.barge_window
         self._reconnect_failed = reconnect_failed
         self._owner = self if owner is None else owner
         self._lock = threading.Lock()
@@ -230,8 +231,7 @@ class SyncPool:
     def _wait(self, waiter: Waiter, deadline: float) -> Entry:
         """Wait in line until served or ``deadline``; PoolTimeout/PoolClosed otherwise."""
         try:
-            left = deadline - self._clock()
-            woken = left > 0 and waiter.handle.acquire(True, min(left, threading.TIMEOUT_MAX))
+            woken = self._sleep(waiter, deadline)
         except BaseException:
             # Interrupted (a signal handler, a soft time limit...), whether or
             # not served already: leave the line; what we were handed goes to
@@ -252,6 +252,28 @@ class SyncPool:
             throw(plan.take_error())
         assert plan.entry is not None  # served at the very moment we gave up
         return plan.entry
+
+    def _sleep(self, waiter: Waiter, deadline: float) -> bool:
+        """Block until the core gives ``waiter`` an outcome (True) or ``deadline`` (False).
+
+        With a barging window, the waiter first sleeps only until its window
+        ends, then claims any connection left idle by callers that passed it:
+        so no connection sits idle for longer than the window while it waits.
+        """
+        handle = waiter.handle
+        now = self._clock()
+        window = waiter.since + self._barge - now
+        if self._barge and window < deadline - now:
+            if window > 0 and handle.acquire(True, window):
+                return True
+            with self._lock:
+                plan = self.core.claim(waiter, self._clock())
+            self.carry_out(plan)
+            if waiter.entry is not None or waiter.error is not None:
+                return True  # served (or failed) now, or meanwhile
+            now = self._clock()
+        left = deadline - now
+        return left > 0 and handle.acquire(True, min(left, threading.TIMEOUT_MAX))
 
     def _vet(self, entry: Entry, deadline: float, no_wait: bool) -> Any:
         """Check a connection handed to us; return it, or None if it was dead."""
