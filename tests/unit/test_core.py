@@ -37,6 +37,20 @@ def probe(timeout: int) -> List[Any]:
     return []
 
 
+def checkout(
+    core: Core, now: float, timeout: Optional[float] = None, *, retry: bool = False
+) -> Union[Entry, Plan]:
+    """core.checkout(), with a quick refusal (a gauges tuple) turned into the
+    Plan with its error that the shells act on."""
+    got = core.checkout(now, timeout, retry=retry)
+    if type(got) is tuple:
+        plan = Plan()
+        plan.error = core.refused(got)
+        return plan
+    assert isinstance(got, (Entry, Plan))
+    return got
+
+
 def open_one(core: Core, now: float = T0) -> Entry:
     """Claim a requested open and complete it; the entry, placed by the core."""
     ticket = core.claim_open(now)
@@ -55,7 +69,7 @@ def fill(core: Core, count: int, now: float = T0) -> List[Entry]:
 
 
 def take(core: Core, now: float = T0, timeout: Optional[float] = 0.0) -> Entry:
-    got = core.checkout(now, timeout)
+    got = checkout(core, now, timeout)
     if isinstance(got, Plan):
         assert got.entry is not None, got
         got = got.entry
@@ -94,21 +108,21 @@ def test_nothing_is_requested_before_start() -> None:
 def test_fast_path_is_lifo_and_marks_the_probe() -> None:
     core = make_core(min_size=2)
     _a, b = fill(core, 2)
-    first = core.checkout(T0 + 1, 0.0)
+    first = checkout(core, T0 + 1, 0.0)
     assert first is b  # the most recently placed
     assert first.state is State.IN_USE
     assert first.vet == PROBE
     assert give(core, first, now=T0 + 2) is None
-    assert core.checkout(T0 + 3, 0.0) is b
+    assert checkout(core, T0 + 3, 0.0) is b
 
 
 def test_round_robin_order_hands_out_the_oldest_first() -> None:
     core = make_core(min_size=2, lifo=False)
     a, b = fill(core, 2)
-    assert core.checkout(T0, 0.0) is a
+    assert checkout(core, T0, 0.0) is a
     give(core, a)
-    assert core.checkout(T0, 0.0) is b
-    assert core.checkout(T0, 0.0) is a
+    assert checkout(core, T0, 0.0) is b
+    assert checkout(core, T0, 0.0) is a
 
 
 def test_idle_long_or_suspect_connections_are_pinged() -> None:
@@ -126,8 +140,8 @@ def test_waiter_gets_the_next_return_in_line_order() -> None:
     core = make_core(min_size=1, max_size=1)
     (a,) = fill(core, 1)
     held = take(core)
-    w1 = core.checkout(T0 + 1, 5.0)
-    w2 = core.checkout(T0 + 2, 5.0)
+    w1 = checkout(core, T0 + 1, 5.0)
+    w2 = checkout(core, T0 + 2, 5.0)
     assert isinstance(w1, Plan)
     assert isinstance(w2, Plan)
     assert w1.waiter is not None
@@ -139,7 +153,7 @@ def test_waiter_gets_the_next_return_in_line_order() -> None:
     assert a.state is State.IN_USE
     assert core.gauges()["waiting"] == 1
     # Nobody can barge past the remaining waiter while it waits.
-    barge = core.checkout(T0 + 3, 0.0)
+    barge = checkout(core, T0 + 3, 0.0)
     assert isinstance(barge, Plan)
     assert isinstance(barge.error, PoolTimeout)
 
@@ -148,7 +162,7 @@ def test_waiter_that_times_out_leaves_the_line_or_keeps_what_it_got() -> None:
     core = make_core(min_size=1, max_size=1)
     fill(core, 1)
     held = take(core)
-    plan = core.checkout(T0, 1.0)
+    plan = checkout(core, T0, 1.0)
     assert isinstance(plan, Plan)
     assert plan.waiter is not None
     out = core.give_up(plan.waiter, T0 + 1)
@@ -156,7 +170,7 @@ def test_waiter_that_times_out_leaves_the_line_or_keeps_what_it_got() -> None:
     assert core.gauges()["waiting"] == 0
     assert core.stats()["timeouts"] == 1
     # Served at the very moment it gave up: it keeps the connection.
-    plan = core.checkout(T0 + 2, 1.0)
+    plan = checkout(core, T0 + 2, 1.0)
     assert isinstance(plan, Plan)
     assert plan.waiter is not None
     give(core, held, now=T0 + 3)
@@ -170,8 +184,8 @@ def test_interrupted_waiter_passes_its_connection_on() -> None:
     core = make_core(min_size=1, max_size=1)
     fill(core, 1)
     held = take(core)
-    first = core.checkout(T0, 5.0)
-    second = core.checkout(T0, 5.0)
+    first = checkout(core, T0, 5.0)
+    second = checkout(core, T0, 5.0)
     assert isinstance(first, Plan)
     assert isinstance(second, Plan)
     assert first.waiter is not None
@@ -185,9 +199,9 @@ def test_interrupted_waiter_passes_its_connection_on() -> None:
     core.check_invariants()
     # Interrupted while still in line: it just leaves.
     give(core, held)
-    third = core.checkout(T0, 0.0)
+    third = checkout(core, T0, 0.0)
     assert third is held
-    fourth = core.checkout(T0, 5.0)
+    fourth = checkout(core, T0, 5.0)
     assert isinstance(fourth, Plan)
     assert fourth.waiter is not None
     out = core.give_up(fourth.waiter, T0, interrupted=True)
@@ -200,7 +214,7 @@ def test_interrupted_waiter_passes_its_connection_on() -> None:
 def test_growth_requests_one_open_per_uncovered_waiter_up_to_max() -> None:
     core = make_core(min_size=0, max_size=3)
     core.start(T0)
-    plans = [core.checkout(T0, 5.0) for _ in range(5)]
+    plans = [checkout(core, T0, 5.0) for _ in range(5)]
     assert [p.open for p in plans if isinstance(p, Plan)] == [1, 1, 1, 0, 0]
     assert core.gauges()["size"] == 3
     ticket = core.claim_open(T0)
@@ -261,7 +275,7 @@ def test_failed_connects_back_off_and_only_one_probe_runs() -> None:
 def test_fail_fast_refuses_waiting_but_keeps_probing() -> None:
     core = make_core(min_size=0, max_size=2, fail_fast=True, timeout=5.0)
     core.start(T0)
-    plan = core.checkout(T0, None)
+    plan = checkout(core, T0, None)
     assert isinstance(plan, Plan)
     assert plan.waiter is not None
     assert plan.open == 1
@@ -274,7 +288,7 @@ def test_fail_fast_refuses_waiting_but_keeps_probing() -> None:
     # Nobody waits now, yet a connect attempt stays requested (the jam of
     # old: fail-fast refused every later caller forever).
     assert core.gauges()["opening"] == 1
-    refused = core.checkout(T0 + 0.01, None)
+    refused = checkout(core, T0 + 0.01, None)
     assert isinstance(refused, Plan)
     assert isinstance(refused.error, PoolTimeout)
     assert "refused" in str(refused.error)
@@ -284,7 +298,7 @@ def test_fail_fast_refuses_waiting_but_keeps_probing() -> None:
     assert isinstance(ticket, Entry)
     core.connected(ticket, FakeConn(), T0 + 1)
     core.opened(ticket, (False,), probe, T0 + 1)
-    assert isinstance(core.checkout(T0 + 1, None), Entry)  # served again
+    assert isinstance(checkout(core, T0 + 1, None), Entry)  # served again
     core.check_invariants()
 
 
@@ -315,7 +329,7 @@ def test_broken_or_closed_returns_free_their_slot(verdict: int) -> None:
     core = make_core(min_size=0, max_size=2)
     fill(core, 0)
     core.start(T0)
-    core.checkout(T0, 5.0)
+    checkout(core, T0, 5.0)
     a = open_one(core)
     assert a.state is State.IN_USE
     plan = give(core, a, verdict)
@@ -349,7 +363,7 @@ def test_expired_idle_connections_are_retired_at_checkout() -> None:
     a, b = fill(core, 2)
     # rng is 0.5: each lifetime is 100 * (1 - 0.025)
     assert a.expires == pytest.approx(T0 + 97.5)
-    plan = core.checkout(T0 + 98, 0.0)
+    plan = checkout(core, T0 + 98, 0.0)
     assert isinstance(plan, Plan)
     assert set(plan.close) == {a, b}
     assert isinstance(plan.error, PoolTimeout)
@@ -360,7 +374,7 @@ def test_expired_idle_connections_are_retired_at_checkout() -> None:
 def test_housekeeping_retires_surplus_and_expired_idle() -> None:
     core = make_core(min_size=1, max_size=3, max_idle=10.0)
     core.start(T0)
-    plans = [core.checkout(T0, 5.0) for _ in range(3)]
+    plans = [checkout(core, T0, 5.0) for _ in range(3)]
     entries = [open_one(core) for _ in range(2)]
     entries.append(open_one(core))
     assert all(e.state is State.IN_USE for e in entries)
@@ -410,7 +424,7 @@ def test_close_fails_waiters_closes_idle_and_abandons_connects() -> None:
     _a, _b = fill(core, 2)
     held = take(core)
     take(core)
-    waiting = core.checkout(T0, 5.0)
+    waiting = checkout(core, T0, 5.0)
     assert isinstance(waiting, Plan)
     assert waiting.waiter is not None
     ticket = core.claim_open(T0)  # a connect in flight for the waiter
@@ -431,7 +445,7 @@ def test_close_fails_waiters_closes_idle_and_abandons_connects() -> None:
     assert core.settled()
     assert core.gauges()["size"] == 0
     assert not core.close(T0 + 4).wake  # idempotent
-    refused = core.checkout(T0 + 5, 0.0)
+    refused = checkout(core, T0 + 5, 0.0)
     assert isinstance(refused, Plan)
     assert isinstance(refused.error, PoolClosed)
     core.check_invariants()
@@ -475,11 +489,11 @@ def test_max_waiting_and_zero_timeout() -> None:
     core = make_core(min_size=1, max_size=1, max_waiting=1)
     fill(core, 1)
     take(core)
-    assert isinstance(core.checkout(T0, 0.0), Plan)
-    first = core.checkout(T0, 5.0)
+    assert isinstance(checkout(core, T0, 0.0), Plan)
+    first = checkout(core, T0, 5.0)
     assert isinstance(first, Plan)
     assert first.waiter is not None
-    second = core.checkout(T0, 5.0)
+    second = checkout(core, T0, 5.0)
     assert isinstance(second, Plan)
     assert isinstance(second.error, TooManyRequests)
     assert core.stats()["rejected"] == 1
@@ -488,7 +502,7 @@ def test_max_waiting_and_zero_timeout() -> None:
 def test_inline_mode_gives_the_caller_a_ticket_when_there_is_room() -> None:
     core = make_core(min_size=0, max_size=1, inline=True)
     core.start(T0)
-    plan = core.checkout(T0, 0.0)
+    plan = checkout(core, T0, 0.0)
     assert isinstance(plan, Plan)
     assert plan.ticket is not None
     assert plan.ticket.for_caller
@@ -497,7 +511,7 @@ def test_inline_mode_gives_the_caller_a_ticket_when_there_is_room() -> None:
     opened = core.opened(ticket, (False,), probe, T0)
     assert opened.entry is ticket
     assert ticket.state is State.IN_USE
-    full = core.checkout(T0, 0.0)
+    full = checkout(core, T0, 0.0)
     assert isinstance(full, Plan)
     assert isinstance(full.error, PoolTimeout)
     core.check_invariants()
@@ -508,8 +522,8 @@ def test_after_fork_forgets_everything_and_accepts_late_returns() -> None:
     a, b = fill(core, 2)
     held = take(core)
     core.start(T0)
-    core.checkout(T0, 5.0)
-    core.checkout(T0, 5.0)
+    checkout(core, T0, 5.0)
+    checkout(core, T0, 5.0)
     in_flight = core.claim_open(T0)
     assert isinstance(in_flight, Entry)
     conn = held.conn
@@ -530,7 +544,7 @@ def test_gc_collected_connections_free_their_slot() -> None:
 
     core = make_core(min_size=0, max_size=1)
     core.start(T0)
-    core.checkout(T0, 5.0)
+    checkout(core, T0, 5.0)
     entry = open_one(core)
     entry.conn = None  # handed out: the pool holds it only weakly
     gc.collect()
@@ -542,11 +556,30 @@ def test_gc_collected_connections_free_their_slot() -> None:
     core.check_invariants()
 
 
+def test_a_plain_refusal_is_decided_quickly_and_its_error_made_outside() -> None:
+    core = make_core(min_size=1, max_size=1, inline=True)
+    fill(core, 1)
+    take(core)
+    got = core.checkout(T0, 0.0)
+    # Only the gauges, under the lock; the error is built from them after.
+    assert got == (1, 1, 1, 0, 1, 0, 0)
+    assert core.stats()["timeouts"] == 1
+    assert core.stats()["requests"] == 2
+    err = core.refused(got)
+    assert isinstance(err, PoolTimeout)
+    assert err.snapshot["in_use"] == 1
+    assert "size 1/1" in str(err)
+    # Anything else to decide (a failing server, a waiting line, room to open
+    # inline, a retry) takes the plan path.
+    core.checkout(T0, 5.0)
+    assert isinstance(core.checkout(T0, 0.0, retry=True), Plan)
+
+
 def test_errors_name_the_pool_and_its_state() -> None:
     core = make_core(min_size=1, max_size=1, name="orders")
     fill(core, 1)
     take(core)
-    plan = core.checkout(T0, 0.0)
+    plan = checkout(core, T0, 0.0)
     assert isinstance(plan, Plan)
     assert isinstance(plan.error, PoolTimeout)
     err = plan.error
@@ -570,7 +603,7 @@ def test_invariants_hold_through_a_random_walk() -> None:
         now += rng.random()
         action = rng.randrange(8)
         if action == 0:
-            got = core.checkout(now, rng.choice([0.0, 5.0]))
+            got = checkout(core, now, rng.choice([0.0, 5.0]))
             if isinstance(got, Entry):
                 held.append(got)
             elif got.entry is not None:
@@ -639,11 +672,11 @@ def test_a_new_connection_reusing_a_collected_ones_id_frees_the_old_slot() -> No
 
     core = make_core(min_size=0, max_size=2)
     core.start(T0)
-    core.checkout(T0, 5.0)
+    checkout(core, T0, 5.0)
     old = open_one(core)
     old.conn = None  # handed out: only the caller held it
     gc.collect()
-    core.checkout(T0, 5.0)
+    checkout(core, T0, 5.0)
     ticket = core.claim_open(T0)
     assert isinstance(ticket, Entry)
     core.connected(ticket, FakeConn(), T0)
@@ -659,9 +692,9 @@ def test_a_new_connection_reusing_a_collected_ones_id_frees_the_old_slot() -> No
 def test_a_null_pool_keeps_no_idle_connection() -> None:
     core = make_core(min_size=0, max_size=2, keep_idle=False)
     core.start(T0)
-    first = core.checkout(T0, 5.0)
-    second = core.checkout(T0, 5.0)
-    third = core.checkout(T0, 5.0)
+    first = checkout(core, T0, 5.0)
+    second = checkout(core, T0, 5.0)
+    third = checkout(core, T0, 5.0)
     assert all(isinstance(p, Plan) and p.waiter is not None for p in (first, second, third))
     a, b = open_one(core), open_one(core)
     assert a.state is State.IN_USE
@@ -688,7 +721,7 @@ PAST = WINDOW + 1e-6
 
 
 def waiting(core: Core, now: float, timeout: float = 5.0) -> Waiter:
-    plan = core.checkout(now, timeout)
+    plan = checkout(core, now, timeout)
     assert isinstance(plan, Plan)
     assert plan.waiter is not None, plan
     core.check_invariants()
@@ -712,7 +745,7 @@ def test_within_the_window_a_returned_connection_is_the_next_askers() -> None:
     w = waiting(core, t)
     # The returner gets it straight back: no hand-off, the waiter stays in line.
     assert give(core, held, now=t + 0.001) is None
-    assert core.checkout(t + 0.001, 0.0) is held
+    assert checkout(core, t + 0.001, 0.0) is held
     assert core.gauges()["waiting"] == 1
     assert w.entry is None
     # Once the head has waited out the window, the next return goes to it.
@@ -744,7 +777,7 @@ def test_an_arrival_takes_an_idle_connection_only_while_the_head_is_within_its_w
     assert give(core, held, now=t) is None
     # Past the head's window, the idle connection is the head's; the arrival
     # is refused (timeout 0) or waits behind it.
-    plan = core.checkout(t + PAST, 0.0)
+    plan = checkout(core, t + PAST, 0.0)
     assert isinstance(plan, Plan)
     assert isinstance(plan.error, PoolTimeout)
     assert plan.wake == [w]
@@ -812,7 +845,7 @@ def test_window_zero_and_null_pools_hand_every_return_to_the_line() -> None:
         plan = core.start(T0)
         entry = open_one(core) if plan.open else None
         if entry is None:
-            ticket = core.checkout(T0, 0.0)
+            ticket = checkout(core, T0, 0.0)
             assert isinstance(ticket, Plan)
         held = take(core) if entry is not None else None
         if held is None:
@@ -874,7 +907,7 @@ def test_barging_invariants_hold_through_a_random_walk(window: float) -> None:
         now += rng.random() * 0.2
         action = rng.randrange(7)
         if action == 0:
-            got = core.checkout(now, rng.choice([0.0, 5.0]))
+            got = checkout(core, now, rng.choice([0.0, 5.0]))
             if isinstance(got, Entry):
                 held.append(got)
             else:

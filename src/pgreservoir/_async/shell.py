@@ -196,6 +196,8 @@ class AsyncPool:
                 got.conn = None
                 return conn
             return await self._acquire_slow(got, None, now, timeout)
+        if type(got) is tuple:  # refused, nothing else to do
+            throw(self.core.refused(got))
         return await self._acquire_slow(None, got, now, timeout)  # type: ignore[arg-type]
 
     async def _acquire_slow(

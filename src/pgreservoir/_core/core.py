@@ -237,13 +237,15 @@ class Core:
 
     def checkout(
         self, now: float, timeout: Optional[float] = None, *, retry: bool = False
-    ) -> Union[Entry, Plan]:
+    ) -> Union[Entry, Plan, Tuple[int, ...]]:
         """A caller wants a connection (``timeout``: None for the pool's, 0: do not wait).
 
         Returns the entry handed to the caller (the fast path: nothing else
-        to do), or a Plan whose ``entry``, ``waiter``, ``ticket`` or ``error``
-        says what the caller gets. ``retry``: the caller's last connection
-        turned out dead; it goes back to the head of the line.
+        to do); or, for a plain refusal of a caller that does not wait, the
+        gauges (a tuple: raise ``refused(gauges)``, made outside the lock);
+        or a Plan whose ``entry``, ``waiter``, ``ticket`` or ``error`` says
+        what the caller gets. ``retry``: the caller's last connection turned
+        out dead; it goes back to the head of the line.
         """
         idle = self._idle
         # Waiters and idle connections coexist only within the barging window:
@@ -269,7 +271,31 @@ class Core:
                 idle.append(entry)
             else:
                 idle.insert(0, entry)
+        elif (
+            timeout == 0.0
+            and not retry
+            and not idle
+            and not self._failing
+            and not self.closed
+            and (
+                self._waiters
+                or not self._inline
+                or (self._size >= self.max_size and not self._to_open)
+            )
+        ):
+            # A refusal (psycopg2.pool's "exhausted", retried in a loop by its
+            # users): counted here, its error built by refused() outside the
+            # shell's lock, so that a refusing thread preempted while holding
+            # the lock does not stall the threads returning connections.
+            self._requests += 1
+            self._timeouts += 1
+            return self._gauges()
         return self._checkout_slow(now, timeout, retry)
+
+    def refused(self, gauges: Tuple[int, ...]) -> PoolError:
+        """The PoolTimeout of a checkout that checkout() refused with ``gauges``
+        (call it without the lock: it reads nothing that changes)."""
+        return self._timeout_from(0.0, gauges, None, "")
 
     def _give(self, entry: Entry, now: float) -> None:
         """Hand ``entry`` to a caller: IN_USE, with the checks it needs first."""
@@ -1137,8 +1163,9 @@ class Core:
             err.__cause__ = cause
         return err
 
-    def _timeout_error(self, waited: float) -> PoolError:
-        gauges = (
+    def _gauges(self) -> Tuple[int, ...]:
+        """gauges() as a tuple in GAUGE_KEYS order (cheap: no dict)."""
+        return (
             self.min_size,
             self.max_size,
             self._size,
@@ -1147,8 +1174,19 @@ class Core:
             len(self._waiters),
             len(self._opening) + self._to_open,
         )
+
+    def _timeout_error(self, waited: float) -> PoolError:
         cause = self._last_error if self._failing else None
         detail = self._last_detail if cause is not None else ""
+        return self._timeout_from(waited, self._gauges(), cause, detail)
+
+    def _timeout_from(
+        self,
+        waited: float,
+        gauges: Tuple[int, ...],
+        cause: Optional[BaseException],
+        detail: str,
+    ) -> PoolError:
         if self._refusal is None:
             err = PoolTimeout(
                 _timeout_text(self.name, waited, gauges, detail),

@@ -173,6 +173,8 @@ class SyncPool:
                 self._hand_back(got)
                 raise
             return self._acquire_slow(got, None, now, timeout)
+        if type(got) is tuple:  # refused, nothing else to do
+            throw(self.core.refused(got))
         return self._acquire_slow(None, got, now, timeout)  # type: ignore[arg-type]
 
     def _acquire_slow(

@@ -118,6 +118,10 @@ class PoolBase:
             reconnect_timeout=reconnect_timeout,
             reconnect_failed=reconnect_failed,
             num_workers=num_workers,
+            # psycopg_pool hands a returned connection to the first waiter,
+            # always; its callers may rely on that order (and its signature
+            # has no place for the option).
+            barge_window=0.0,
         )
         core = Core(
             options,
