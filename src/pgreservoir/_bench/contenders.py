@@ -284,7 +284,9 @@ class _Counter:
 # ---------------------------------------------------------------------------
 
 
-def _open_pgreservoir(target: Target, size: int, *, psycopg3: bool = False) -> Session:
+def _open_pgreservoir(
+    target: Target, size: int, *, psycopg3: bool = False, strict: bool = False
+) -> Session:
     from ..connection_pool import ConnectionPool
 
     if psycopg3:
@@ -301,6 +303,7 @@ def _open_pgreservoir(target: Target, size: int, *, psycopg3: bool = False) -> S
         max_size=size,
         timeout=ACQUIRE_TIMEOUT,
         name="bench-psycopg" if psycopg3 else "bench",
+        **({"barge_window": 0.0} if strict else {}),
         **connect,
     )
     pool.wait(ACQUIRE_TIMEOUT)
@@ -551,6 +554,15 @@ CONTENDERS: Tuple[Contender, ...] = (
         (),
         _open_pgreservoir,
         "pgreservoir.ConnectionPool (getconn/putconn), health checks on",
+    ),
+    Contender(
+        "pgreservoir-fifo",
+        "pgreservoir fifo",
+        "pgreservoir",
+        (),
+        functools.partial(_open_pgreservoir, strict=True),
+        "pgreservoir.ConnectionPool with barge_window=0: strict first come, first served "
+        "(see docs/fairness.md)",
     ),
     Contender(
         "pgreservoir-psycopg",
