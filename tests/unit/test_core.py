@@ -569,6 +569,11 @@ def test_a_plain_refusal_is_decided_quickly_and_its_error_made_outside() -> None
     assert isinstance(err, PoolTimeout)
     assert err.snapshot["in_use"] == 1
     assert "size 1/1" in str(err)
+    # A pool whose own timeout is 0 refuses the same way.
+    plain = make_core(min_size=1, max_size=1, timeout=0.0)
+    fill(plain, 1)
+    take(plain)
+    assert type(plain.checkout(T0, None)) is tuple
     # Anything else to decide (a failing server, a waiting line, room to open
     # inline, a retry) takes the plan path.
     core.checkout(T0, 5.0)

@@ -272,7 +272,7 @@ class Core:
             else:
                 idle.insert(0, entry)
         elif (
-            timeout == 0.0
+            (timeout == 0.0 or (timeout is None and self.timeout == 0.0))
             and not retry
             and not idle
             and not self._failing
