@@ -7,7 +7,7 @@ decided (the Plan) and that its invariants hold after every step.
 from __future__ import annotations
 
 import math
-from typing import Any, List, Optional, Union
+from typing import Any, List, Optional, Tuple, Union
 
 import pytest
 
@@ -742,11 +742,16 @@ def leased_from_the_line(core: Core, now: float) -> Entry:
     return held
 
 
-def test_within_the_window_a_returned_connection_is_the_next_askers() -> None:
+def one_just_leased() -> Tuple[Core, Entry, float]:
+    """A one-connection pool with a WINDOW, its connection just handed from the
+    line (a fresh lease) and in use; and the time then."""
     core = make_core(min_size=1, max_size=1, barge_window=WINDOW)
     fill(core, 1)
-    held = leased_from_the_line(core, T0)
-    t = T0 + PAST
+    return core, leased_from_the_line(core, T0), T0 + PAST
+
+
+def test_within_the_window_a_returned_connection_is_the_next_askers() -> None:
+    core, held, t = one_just_leased()
     w = waiting(core, t)
     # The returner gets it straight back: no hand-off, the waiter stays in line.
     assert give(core, held, now=t + 0.001) is None
@@ -760,10 +765,7 @@ def test_within_the_window_a_returned_connection_is_the_next_askers() -> None:
 
 
 def test_a_connection_goes_to_the_line_once_it_has_had_its_share_of_the_window() -> None:
-    core = make_core(min_size=1, max_size=1, barge_window=WINDOW)
-    fill(core, 1)
-    held = leased_from_the_line(core, T0)
-    t = T0 + PAST
+    core, held, t = one_just_leased()
     w = waiting(core, t + 0.004)
     # One waiter on one connection: kept from the line for at most
     # window * 1 / 1 * 0.5 = 5 ms since it was last handed from the line.
@@ -774,10 +776,7 @@ def test_a_connection_goes_to_the_line_once_it_has_had_its_share_of_the_window()
 
 
 def test_an_arrival_takes_an_idle_connection_only_while_the_head_is_within_its_window() -> None:
-    core = make_core(min_size=1, max_size=1, barge_window=WINDOW)
-    fill(core, 1)
-    held = leased_from_the_line(core, T0)
-    t = T0 + PAST
+    core, held, t = one_just_leased()
     w = waiting(core, t)
     assert give(core, held, now=t) is None
     # Past the head's window, the idle connection is the head's; the arrival
@@ -876,10 +875,7 @@ def test_growth_does_not_open_for_waiters_an_idle_connection_covers() -> None:
 
 
 def test_resize_repaces_the_window() -> None:
-    core = make_core(min_size=1, max_size=1, barge_window=WINDOW)
-    fill(core, 1)
-    held = leased_from_the_line(core, T0)
-    t = T0 + PAST
+    core, held, t = one_just_leased()
     core.resize(1, 4, t)
     w = waiting(core, t + 0.004)
     assert w is not None
