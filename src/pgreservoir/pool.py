@@ -36,7 +36,7 @@ import contextlib
 import dataclasses
 import threading
 import weakref
-from typing import Any, Callable, Dict, Mapping, NoReturn, Optional, Union
+from typing import Any, Callable, Dict, Mapping, NoReturn, Optional, Tuple, Union
 
 from psycopg2.pool import PoolError
 
@@ -286,15 +286,33 @@ class AbstractConnectionPool(PoolHelpers):
         propagates as psycopg2's own error.
         """
         if key is None:
-            # The fast path, inlined: one call into the shell.
+            # The fast path, inlined: one call into the shell, which hands a
+            # plain refusal back as the pool's gauges rather than raising it.
+            # Threads retrying "exhausted" in a loop spend the GIL on refusals:
+            # their cost decides how fast the threads holding connections go.
             try:
-                return self._checkout(self._timeout)
+                got = self._checkout(self._timeout, True)
             except _PoolError as exc:
                 return self._acquire_failed(exc, self._timeout)
+            if type(got) is tuple:
+                return self._refused(got)
+            return got
         return self._getconn_keyed(key)
 
-    def _traced(self, timeout: Optional[float]) -> Any:
-        conn = self._shell.acquire(timeout)
+    def _refused(self, gauges: Tuple[int, ...]) -> Any:
+        """psycopg2's "connection pool exhausted" (the core's refusal, already in
+        its words), unless a slot is being re-opened (see _acquire_failed)."""
+        core = self._shell.core
+        _, max_size, _, _, in_use, _, opening = gauges
+        if in_use < max_size and opening > 0 and not core.closed:
+            return self._acquire_failed(core.refused(gauges), 0.0)
+        # Raised as made: no local holds it, so no cycle (see errors.throw).
+        raise core.refused(gauges)
+
+    def _traced(self, timeout: Optional[float], refusal: bool = False) -> Any:
+        conn = self._shell.acquire(timeout, refusal)
+        if type(conn) is tuple:
+            return conn
         entry = self._shell.entry_of(conn)
         if entry is not None:
             entry.trace = capture_stack(3)

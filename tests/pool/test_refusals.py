@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import pickle
 import socket
+import traceback
 from typing import Any, Callable, Iterator
 
 import psycopg2.pool
@@ -98,6 +99,26 @@ def test_drop_in_exhausted_still_tells_everything(postgres_dsn: str) -> None:
         assert copy.snapshot == err.snapshot
         assert copy.__notes__ == err.__notes__
         pool.putconn(held)
+    finally:
+        pool.closeall()
+
+
+def test_drop_in_exhausted_is_raised_once_by_the_drop_in(postgres_dsn: str) -> None:
+    # Threads retrying "exhausted" in a loop spend the GIL on refusals, and
+    # raising is most of a refusal's cost: the shell hands the refusal back
+    # and the drop-in raises it once (psycopg2.pool raises from getconn too).
+    pool = dropin.ThreadedConnectionPool(1, 1, postgres_dsn)
+    try:
+        held = pool.getconn()
+        with pytest.raises(psycopg2.pool.PoolError) as info:
+            pool.getconn()
+        frames = [f.name for f in traceback.extract_tb(info.value.__traceback__)]
+        assert frames[1:] == ["getconn", "_refused"], frames
+        assert pool._shell.stats()["timeouts"] == 1
+        # A slot being re-opened is still waited for, not refused.
+        pool.putconn(held, close=True)
+        conn = pool.getconn()
+        pool.putconn(conn)
     finally:
         pool.closeall()
 

@@ -197,7 +197,7 @@ class AsyncPool:
                 return conn
             return await self._acquire_slow(got, None, now, timeout)
         if type(got) is tuple:  # refused, nothing else to do
-            throw(self.core.refused(got))
+            raise self.core.refused(got)  # no local holds it: no cycle (errors.throw)
         return await self._acquire_slow(None, got, now, timeout)  # type: ignore[arg-type]
 
     async def _acquire_slow(

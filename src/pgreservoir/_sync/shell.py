@@ -147,9 +147,12 @@ class SyncPool:
     # Checkout
     # ------------------------------------------------------------------
 
-    def acquire(self, timeout: Optional[float] = None) -> Any:
+    def acquire(self, timeout: Optional[float] = None, refusal: bool = False) -> Any:
         """A connection, checked, waiting in line up to ``timeout`` seconds
-        (None: the pool's timeout; 0: do not wait)."""
+        (None: the pool's timeout; 0: do not wait). ``refusal``: a plain
+        refusal of a caller that does not wait is returned (the core's gauges,
+        a tuple) instead of raised, for a facade that raises it in its own
+        words: raising once instead of twice is most of its cost."""
         if timeout is not None and (type(timeout) is not float or not timeout >= 0.0):
             timeout = check_seconds("timeout", timeout)
         now = self._clock()
@@ -174,7 +177,9 @@ class SyncPool:
                 raise
             return self._acquire_slow(got, None, now, timeout)
         if type(got) is tuple:  # refused, nothing else to do
-            throw(self.core.refused(got))
+            if refusal:
+                return got
+            raise self.core.refused(got)  # no local holds it: no cycle (errors.throw)
         return self._acquire_slow(None, got, now, timeout)  # type: ignore[arg-type]
 
     def _acquire_slow(
