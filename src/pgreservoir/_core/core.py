@@ -295,6 +295,10 @@ class Core:
     def refused(self, gauges: Tuple[int, ...]) -> PoolError:
         """The PoolTimeout of a checkout that checkout() refused with ``gauges``
         (call it without the lock: it reads nothing that changes)."""
+        refusal = self._refusal
+        if refusal is not None:  # the drop-in's "exhausted", retried in loops: direct
+            args = (self.name, 0.0, gauges, "", refusal[1])
+            return PoolTimeout._deferred(refusal[0], self.name, gauges, _timeout_notes, args)
         return self._timeout_from(0.0, gauges, None, "")
 
     def _give(self, entry: Entry, now: float) -> None:
