@@ -815,6 +815,25 @@ def test_a_waiter_whose_window_ends_claims_what_was_left_idle_in_line_order() ->
     assert not core.claim(younger, t + 1.0)
 
 
+def test_fail_fast_serves_waiters_from_idle_connections_before_failing_the_rest() -> None:
+    core = make_core(min_size=1, max_size=2, barge_window=WINDOW, fail_fast=True)
+    fill(core, 1)
+    held = leased_from_the_line(core, T0)
+    t = T0 + PAST
+    first = waiting(core, t)  # covered by an open, requested now
+    second = waiting(core, t)
+    ticket = core.claim_open(t)
+    assert isinstance(ticket, Entry)
+    assert give(core, held, now=t) is None  # idle, within the window
+    # The open fails: the idle connection still serves the head of the line.
+    plan = core.open_failed(ticket, OSError("refused"), t)
+    assert set(plan.wake) == {first, second}
+    assert first.entry is held
+    assert first.error is None
+    assert isinstance(second.error, PoolTimeout)
+    core.check_invariants()
+
+
 def test_a_waiter_passed_until_its_time_ran_out_is_served_not_timed_out() -> None:
     core = make_core(min_size=1, max_size=1, barge_window=1.0)
     fill(core, 1)

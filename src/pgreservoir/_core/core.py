@@ -440,11 +440,12 @@ class Core:
             if served is not waiter:
                 plan.add("wake", served)
 
-    def _serve_overdue(self, now: float, plan: Plan) -> None:
+    def _serve_overdue(self, now: float, plan: Plan, *, everyone: bool = False) -> None:
         """Idle connections go to the waiters at the line's head whose barging
-        window has run out (they would be woken for them anyway)."""
+        window has run out (they would be woken for them anyway); to any
+        waiter, in order, if ``everyone``."""
         idle, waiters, barge = self._idle, self._waiters, self._barge
-        while idle and waiters and (not barge or now - waiters[0].since >= barge):
+        while idle and waiters and (everyone or not barge or now - waiters[0].since >= barge):
             entry = idle.pop() if self._lifo else idle.pop(0)
             if entry.expires <= now:
                 self._discard(entry, CloseReason.EXPIRED, now, plan)
@@ -756,7 +757,9 @@ class Core:
         if not ticket.inline:
             plan.add("events", ("connect_error", detail))
         if self._fail_fast:
-            # Everybody waiting gets the error now; keep one attempt going.
+            # Everybody waiting gets the error now, but for those a connection
+            # left idle within the barging window serves; keep one attempt going.
+            self._serve_overdue(now, plan, everyone=True)
             while self._waiters:
                 waiter = self._waiters.popleft()
                 self._timeouts += 1
