@@ -179,7 +179,8 @@ class Core:
         # Invariants (check_invariants() asserts them):
         #   _size == len(_idle) + len(_in_use) + len(_reserved) + len(_opening) + _to_open
         #   _size <= _max_size, except after resize() shrank the pool
-        #   _waiters non-empty => _idle empty (every arrival goes to the line's head)
+        #   _waiters non-empty => _idle empty, unless within the barging window
+        #   (with barge_window 0, every return goes to the line's head)
         # The containers are never replaced, only changed in place: the
         # shells bind their methods once.
         self._idle: List[Entry] = []
