@@ -208,8 +208,16 @@ def test_32_threads_on_8_connections_all_progress_no_double_hand_out(
         thread.join(DEADLINE)
     assert not any(t.is_alive() for t in threads), "a worker hung"
     assert errors == []
-    # Fair: the least-served thread did at least a fifth of the best-served one.
-    assert min(counts) * 5 >= max(counts), counts
+    # Fair: in strict order the least-served thread did at least a fifth of
+    # the best-served one. A window lets threads reuse connections for spells
+    # that even out only over longer runs than this one (which stops once
+    # the slowest thread has done 20): a tenth with the default window. A
+    # long window promises only that nobody is passed once it has waited the
+    # window, so that every thread progresses (above).
+    if window == 0.0:
+        assert min(counts) * 5 >= max(counts), counts
+    elif window is None:
+        assert min(counts) * 10 >= max(counts), counts
     stats = pool.stats()
     assert stats["in_use"] == 0
     assert stats["size"] == 8

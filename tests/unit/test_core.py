@@ -775,6 +775,24 @@ def test_a_connection_goes_to_the_line_once_it_has_had_its_share_of_the_window()
     core.check_invariants()
 
 
+def test_a_connection_goes_to_the_line_after_a_spell_of_checkouts() -> None:
+    core, held, t = one_just_leased()
+    w = waiting(core, t)
+    # The clock stands still: neither the window nor the time share runs
+    # out, but after four checkouts kept from the line the fifth return is
+    # the waiter's.
+    for _ in range(4):
+        assert give(core, held, now=t) is None
+        assert take(core, t) is held
+    assert give(core, held, now=t) is w
+    assert w.entry is held
+    # Its spell starts afresh with the new holder.
+    w2 = waiting(core, t)
+    assert give(core, held, now=t) is None
+    assert w2.entry is None
+    core.check_invariants()
+
+
 def test_an_arrival_takes_an_idle_connection_only_while_the_head_is_within_its_window() -> None:
     core, held, t = one_just_leased()
     w = waiting(core, t)

@@ -25,7 +25,8 @@ Design notes
   connection usually wants the next one at once. So a returned connection
   goes to idle, for whoever asks first, while the line's head has waited
   less than the window and the connection has not been kept from the line
-  longer than its share of it (``_PACE``); otherwise to the line. Waiters
+  longer than its share of it, nor for more than a few checkouts
+  (``_PACE``); otherwise to the line. Waiters
   never pass each other, and a waiter whose window ends takes any
   connection left idle (``claim``): so a connection never sits idle while
   someone has waited longer than the window. With a window of 0, idle
@@ -103,6 +104,12 @@ _CLOSED = State.CLOSED
 # and 8 connections, that keeps the spread of work between threads close to
 # strict FIFO's while most checkouts need no hand-off between threads.
 _PACE = 0.5
+# ... and at the latest once it has been taken straight back this many times
+# in a row. Spells of time alone give a thread that the OS deschedules mid-
+# spell fewer checkouts than the others: under CPU contention that spread the
+# threads' shares to 0.2-0.5 over short runs. A count bounds each spell in
+# checkouts too, whatever the scheduler does.
+_SPELL = 4
 
 # Discards that are routine, so not worth a log line.
 _QUIET = (CloseReason.POOL_CLOSED, CloseReason.ABANDONED, CloseReason.NOT_KEPT)
@@ -517,14 +524,18 @@ class Core:
             waiters = self._waiters
             # To the line if its head has waited out the barging window, or
             # if this connection has been kept from the line for its share of
-            # the window (see _PACE); otherwise idle, for whoever asks first:
-            # usually this thread, back for its next checkout without blocking.
+            # the window or its spell of checkouts (see _PACE); otherwise
+            # idle, for whoever asks first: usually this thread, back for its
+            # next checkout without blocking.
             if waiters and (
                 not self._barge
                 or now - waiters[0].since >= self._barge
                 or (now - entry.leased) * len(waiters) >= self._pace
+                or entry.spell >= _SPELL
             ):
                 return self._hand_off(entry, now)
+            if waiters:
+                entry.spell += 1  # one more checkout kept from the line
             if self._keep_idle:
                 entry.state = _IDLE
                 self._idle.append(entry)
@@ -608,6 +619,7 @@ class Core:
         waiter = self._waiters.popleft()
         self._give(entry, now)
         entry.leased = now
+        entry.spell = 0
         self._waits.record(now - waiter.since)
         waiter.entry = entry
         return waiter

@@ -63,6 +63,7 @@ class Entry:
         "leased",
         "probe",
         "ref",
+        "spell",
         "state",
         "taken_at",
         "trace",
@@ -87,6 +88,7 @@ class Entry:
         self.last_used = now  # when it last came back to the pool (or was opened)
         self.taken_at = now  # when it was last handed out
         self.leased = now  # when it was last handed to a caller in line
+        self.spell = 0  # checkouts kept from the line since (barging)
         self.checked_at = now  # last background check
         self.vet = PROBE  # what the receiving thread must check before use
         self.baseline: Any = None  # session settings restored at check-in
