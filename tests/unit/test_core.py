@@ -793,6 +793,27 @@ def test_a_connection_goes_to_the_line_after_a_spell_of_checkouts() -> None:
     core.check_invariants()
 
 
+def test_a_retry_at_the_head_of_the_line_keeps_the_window_of_the_oldest_wait() -> None:
+    # Eight connections: a connection's time share (40 ms / waiting) is long,
+    # so only the window decides here.
+    core = make_core(min_size=8, max_size=8, barge_window=WINDOW)
+    fill(core, 8)
+    for _ in range(7):
+        take(core)
+    held = leased_from_the_line(core, T0)
+    t = T0 + PAST
+    w = waiting(core, t)
+    # A caller whose connection was dead goes to the head of the line...
+    retry = checkout(core, t + 0.009, 5.0, retry=True)
+    assert isinstance(retry, Plan)
+    assert retry.waiter is not None
+    assert list(core._waiters) == [retry.waiter, w]
+    # ...but the window still runs from w's wait: past it, the next return
+    # goes to the line (the retry first) instead of idling for 9 ms more.
+    assert give(core, held, now=t + 0.0105) is retry.waiter
+    core.check_invariants()
+
+
 def test_an_arrival_takes_an_idle_connection_only_while_the_head_is_within_its_window() -> None:
     core, held, t = one_just_leased()
     w = waiting(core, t)

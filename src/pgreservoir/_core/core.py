@@ -375,10 +375,15 @@ class Core:
                 f"{self._max_waiting}); retry later or raise max_waiting",
             )
             return plan
-        waiter = Waiter(now)
+        waiters = self._waiters
+        # A retry goes to the head of the line, dated as the head it passes:
+        # the barging window runs from the oldest wait in line, so those
+        # behind it are not passed for longer than their own window.
+        since = min(now, waiters[0].since) if retry and waiters else now
+        waiter = Waiter(since)
         waiter.handle = self.new_handle()
         if retry:
-            self._waiters.appendleft(waiter)
+            waiters.appendleft(waiter)
         else:
             self._waiters.append(waiter)
             self._requests_waited += 1
