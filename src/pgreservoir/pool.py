@@ -303,11 +303,16 @@ class AbstractConnectionPool(PoolHelpers):
         """psycopg2's "connection pool exhausted" (the core's refusal, already in
         its words), unless a slot is being re-opened (see _acquire_failed)."""
         core = self._shell.core
-        _, max_size, _, _, in_use, _, opening = gauges
-        if in_use < max_size and opening > 0 and not core.closed:
+        if self._refilling(gauges):
             return self._acquire_failed(core.refused(gauges), 0.0)
         # Raised as made: no local holds it, so no cycle (see errors.throw).
         raise core.refused(gauges)
+
+    def _refilling(self, gauges: Tuple[int, ...]) -> bool:
+        """Not exhausted in psycopg2's sense: a slot is being re-opened by the
+        background refill (the pool dropped a broken connection just now)."""
+        _, max_size, _, _, in_use, _, opening = gauges
+        return in_use < max_size and opening > 0 and not self._shell.core.closed
 
     def _traced(self, timeout: Optional[float], refusal: bool = False) -> Any:
         conn = self._shell.acquire(timeout, refusal)
@@ -329,13 +334,10 @@ class AbstractConnectionPool(PoolHelpers):
         """Translate a checkout error, or wait for a slot the refill is re-opening."""
         shell = self._shell
         if type(exc) is PoolTimeout and timeout == 0 and exc._gauges:
-            _, max_size, _, _, in_use, _, opening = exc._gauges
-            if in_use < max_size and opening > 0 and not shell.core.closed:
-                # Not exhausted in psycopg2's sense: a slot is being re-opened
-                # by the background refill (the pool dropped a broken
-                # connection just now). psycopg2 would connect in this thread;
-                # wait for that connection instead, and fail as psycopg2
-                # would if connecting fails.
+            if self._refilling(exc._gauges):
+                # psycopg2 would connect in this thread; wait for the refill's
+                # connection instead, and fail as psycopg2 would if
+                # connecting fails.
                 try:
                     return shell.acquire(REFILL_WAIT)
                 except PoolTimeout as waited:

@@ -328,11 +328,8 @@ class Core:
             self._requests += 1
         if self._waiters and self._idle:
             self._serve_overdue(now, plan)
-        while self._idle:
-            entry = self._idle.pop() if self._lifo else self._idle.pop(0)
-            if entry.expires <= now:
-                self._discard(entry, CloseReason.EXPIRED, now, plan)
-                continue
+        entry = self._pop_idle(now, plan)
+        if entry is not None:
             self._give(entry, now)
             plan.entry = entry
             self._maybe_open(now, plan)
@@ -443,12 +440,10 @@ class Core:
     def _serve_idle(self, waiter: Waiter, now: float, plan: Plan) -> None:
         """Hand idle connections to the line's head until ``waiter`` (in line,
         running, so not woken) is served or none is left."""
-        idle = self._idle
-        while idle and waiter.entry is None:
-            entry = idle.pop() if self._lifo else idle.pop(0)
-            if entry.expires <= now:
-                self._discard(entry, CloseReason.EXPIRED, now, plan)
-                continue
+        while waiter.entry is None:
+            entry = self._pop_idle(now, plan)
+            if entry is None:
+                return
             served = self._hand_off(entry, now)
             if served is not waiter:
                 plan.add("wake", served)
@@ -457,13 +452,23 @@ class Core:
         """Idle connections go to the waiters at the line's head whose barging
         window has run out (they would be woken for them anyway); to any
         waiter, in order, if ``everyone``."""
-        idle, waiters, barge = self._idle, self._waiters, self._barge
-        while idle and waiters and (everyone or not barge or now - waiters[0].since >= barge):
-            entry = idle.pop() if self._lifo else idle.pop(0)
-            if entry.expires <= now:
-                self._discard(entry, CloseReason.EXPIRED, now, plan)
-                continue
+        waiters, barge = self._waiters, self._barge
+        while waiters and (everyone or not barge or now - waiters[0].since >= barge):
+            entry = self._pop_idle(now, plan)
+            if entry is None:
+                return
             plan.add("wake", self._hand_off(entry, now))
+
+    def _pop_idle(self, now: float, plan: Plan) -> Optional[Entry]:
+        """The next idle connection to hand out (retiring expired ones on the
+        way), or None if none is left."""
+        idle = self._idle
+        while idle:
+            entry = idle.pop() if self._lifo else idle.pop(0)
+            if entry.expires > now:
+                return entry
+            self._discard(entry, CloseReason.EXPIRED, now, plan)
+        return None
 
     def put_back(self, entry: Entry, now: float) -> Plan:
         """A caller hands back, unused, a connection it was just given (it was
