@@ -13,6 +13,7 @@ import psycopg
 from starlette.testclient import TestClient
 
 from pgreservoir.testing import PostgresServer
+from support import wait_until
 
 EXAMPLE = Path(__file__).resolve().parent.parent.parent / "examples" / "asgi_app.py"
 
@@ -56,4 +57,8 @@ def test_asgi_app_uses_the_pool_per_request(
     # The lifespan closed the pool: nothing left on the server, no task running.
     assert pool.closed
     assert pool._shell.tasks == set()
-    assert postgres_server.connection_count(dbname) == 0
+    # The pool has closed its sockets; each backend leaves pg_stat_activity
+    # once it has read the goodbye and exited, a moment later.
+    wait_until(
+        lambda: postgres_server.connection_count(dbname) == 0, "the server's backends to exit"
+    )
