@@ -1,0 +1,236 @@
+"""AsyncConnectionPool under cancellation, keepalives and faults, against a real server.
+
+What must hold: a cancelled task always gets its CancelledError (it never
+returns a connection); a connection a pool task is still using is never closed
+under it (the event loop would keep a stale registration for its descriptor,
+which breaks the next socket to get that number); keepalive pings never hold
+up a connect; and a pool serves only its own event loop, for returns too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import struct
+import threading
+from typing import Any, Dict, List
+
+import psycopg
+import pytest
+
+from pgreservoir import AsyncConnectionPool
+from pgreservoir.testing import PostgresServer, TcpProxy
+from support import DEADLINE
+
+from .test_async_pool import consistent, run, scalar, until
+
+#: The SSLRequest message: any PostgreSQL server answers it with one byte.
+SSL_REQUEST = struct.pack("!ii", 8, 80877103)
+
+
+async def server_answers(server: PostgresServer) -> bool:
+    """Whether a brand-new asyncio socket to the server works: connect, send an
+    SSLRequest, read the one-byte answer (bounded). A stale registration of the
+    descriptor number in the event loop breaks exactly this."""
+
+    async def talk() -> bool:
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        try:
+            writer.write(SSL_REQUEST)
+            await writer.drain()
+            return await reader.readexactly(1) in (b"S", b"N")
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    try:
+        return await asyncio.wait_for(talk(), DEADLINE)
+    except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, RuntimeError,
+            ValueError):
+        return False
+
+
+# ---------------------------------------------------------------------------
+# Item: a cancelled caller never closes a connection a pool task still awaits
+# ---------------------------------------------------------------------------
+
+
+def test_cancel_during_the_checkout_check_leaves_no_stale_descriptor(
+    postgres_server: PostgresServer,
+) -> None:
+    async def main() -> None:
+        with TcpProxy.for_server(postgres_server) as proxy:
+            pool = AsyncConnectionPool(
+                proxy.dsn_for(postgres_server), min_size=1, max_size=1, check_idle_after=0
+            )
+            try:
+                await pool.wait(DEADLINE)
+                failures = 0
+                for _ in range(10):
+                    await until(lambda: pool.stats()["idle"] == 1, "an idle connection")
+                    proxy.set_latency(0.3)  # the checkout's SELECT 1 now takes a while
+                    task = asyncio.create_task(pool.getconn(timeout=DEADLINE))
+                    await asyncio.sleep(0.1)  # inside the check by now
+                    task.cancel()
+                    with pytest.raises(asyncio.CancelledError):
+                        await task
+                    proxy.set_latency(0.0)
+                    # The next socket made may get the descriptor number the
+                    # checked connection had: it must work.
+                    if not await server_answers(postgres_server):
+                        failures += 1
+                    await until(lambda: consistent(pool) and pool.stats()["in_use"] == 0,
+                                "the slot back")
+                assert failures == 0, f"{failures} of 10 fresh sockets were broken"
+                async with pool.connection(timeout=DEADLINE) as conn:
+                    assert await scalar(conn, "SELECT 1") == 1
+            finally:
+                await pool.close()
+
+    run(main(), timeout=120)
+
+
+# ---------------------------------------------------------------------------
+# Item: a cancel is delivered, whenever it lands
+# ---------------------------------------------------------------------------
+
+
+def test_a_cancel_landing_as_the_check_ends_is_delivered(postgres_dsn: str) -> None:
+    victim: List[asyncio.Task[Any]] = []
+
+    async def check(conn: Any) -> None:
+        await conn.execute("SELECT 1")
+        victim[0].cancel()  # the check is over: the cancel lands as it ends
+
+    async def main() -> None:
+        async with AsyncConnectionPool(postgres_dsn, min_size=2, max_size=2, check=check) as pool:
+            await pool.wait(DEADLINE)
+            for _ in range(5):
+                victim[:] = [asyncio.create_task(pool.getconn(timeout=DEADLINE))]
+                try:
+                    conn = await victim[0]
+                except asyncio.CancelledError:
+                    pass
+                else:
+                    await pool.putconn(conn)
+                    raise AssertionError("a cancelled task returned a connection")
+                await until(lambda: consistent(pool) and pool.stats()["in_use"] == 0,
+                            "the slot back")
+            # The connection checked alive went back: nothing was discarded.
+            assert pool.stats()["connections_opened"] == 2
+
+    run(main())
+
+
+def test_a_cancel_landing_as_wait_is_satisfied_is_delivered(postgres_dsn: str) -> None:
+    class Hanging(psycopg.AsyncConnection):
+        @classmethod
+        async def connect(cls, *args: Any, **kwargs: Any) -> Any:
+            await asyncio.sleep(3600)  # never connects: cancelled by close()
+
+    async def main() -> None:
+        pool = AsyncConnectionPool(postgres_dsn, min_size=1, max_size=1,
+                                   connection_class=Hanging)
+        try:
+            waiting = asyncio.create_task(pool.wait(DEADLINE))
+            await until(lambda: pool.stats()["opening"] == 1, "a connect under way")
+            await asyncio.sleep(0.05)  # wait() is waiting
+            pool.resize(0, 1)  # wait() is satisfied now ...
+            waiting.cancel()  # ... and cancelled in the same step
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+        finally:
+            await pool.close()
+
+    run(main())
+
+
+def test_a_cancel_landing_as_close_is_satisfied_is_delivered(postgres_dsn: str) -> None:
+    async def main() -> None:
+        pool = AsyncConnectionPool(postgres_dsn, min_size=1, max_size=1)
+        await pool.wait(DEADLINE)
+        conn = await pool.getconn()
+        closing = asyncio.create_task(pool.close(timeout=DEADLINE))
+        await asyncio.sleep(0.05)  # close() waits for the connection in use
+        await pool.putconn(conn)  # close() is satisfied now (no await inside) ...
+        closing.cancel()  # ... and cancelled in the same step
+        with pytest.raises(asyncio.CancelledError):
+            await closing
+        assert conn.closed
+        await pool.close()
+        assert pool._shell.tasks == set()
+
+    run(main())
+
+
+# ---------------------------------------------------------------------------
+# Item: keepalive pings never hold up a connect
+# ---------------------------------------------------------------------------
+
+
+def test_keepalives_on_dead_links_do_not_delay_a_connect(
+    postgres_server: PostgresServer,
+) -> None:
+    async def main() -> None:
+        with TcpProxy.for_server(postgres_server) as proxy:
+            # The idle connections go through the proxy; once its links are
+            # dead, new connects go straight to the server, which is fine.
+            route = [proxy.dsn_for(postgres_server)]
+
+            class Routed(psycopg.AsyncConnection):
+                @classmethod
+                async def connect(cls, conninfo: str = "", **kwargs: Any) -> Any:
+                    return await super().connect(route[0], **kwargs)
+
+            pool = AsyncConnectionPool(
+                route[0], connection_class=Routed, min_size=3, max_size=4,
+                check_idle_interval=0.2, check_timeout=DEADLINE, check_idle_after=None,
+            )
+            try:
+                await pool.wait(DEADLINE)
+                proxy.set_mode("blackhole")
+                route[0] = postgres_server.make_dsn()
+                await until(lambda: pool.stats()["idle"] == 0, "keepalive pings under way")
+                # The three pings wait up to check_timeout each; a connect for
+                # this caller must not wait behind them.
+                conn = await pool.getconn(timeout=DEADLINE / 3)
+                assert await scalar(conn, "SELECT 1") == 1
+                await pool.putconn(conn)
+            finally:
+                await pool.close(timeout=0.1)
+
+    run(main(), timeout=120)
+
+
+# ---------------------------------------------------------------------------
+# Item: a pool serves one event loop, for returns as well as checkouts
+# ---------------------------------------------------------------------------
+
+
+def test_putconn_from_another_loop_is_refused_and_changes_nothing(postgres_dsn: str) -> None:
+    async def main() -> None:
+        async with AsyncConnectionPool(postgres_dsn, min_size=1, max_size=1) as pool:
+            conn = await pool.getconn()
+            before = pool.stats()
+            outcome: Dict[str, BaseException] = {}
+
+            def elsewhere() -> None:
+                try:
+                    asyncio.run(pool.putconn(conn))
+                except BaseException as exc:
+                    outcome["error"] = exc
+
+            thread = threading.Thread(target=elsewhere)
+            thread.start()
+            await asyncio.get_running_loop().run_in_executor(None, thread.join, DEADLINE)
+            assert isinstance(outcome.get("error"), RuntimeError), outcome
+            assert "event loop" in str(outcome["error"])
+            after = pool.stats()
+            assert (after["in_use"], after["idle"], after["size"]) == (
+                before["in_use"], before["idle"], before["size"]) == (1, 0, 1)
+            assert not conn.closed
+            await pool.putconn(conn)  # on its own loop: accepted
+            assert pool.stats()["idle"] == 1
+
+    run(main())
