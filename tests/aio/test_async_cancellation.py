@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import struct
 import threading
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Set
 
 import psycopg
 import pytest
 
-from pgreservoir import AsyncConnectionPool
+from pgreservoir import AsyncConnectionPool, PoolTimeout
 from pgreservoir.testing import PostgresServer, TcpProxy
 from support import DEADLINE
 
@@ -234,3 +235,122 @@ def test_putconn_from_another_loop_is_refused_and_changes_nothing(postgres_dsn: 
             assert pool.stats()["idle"] == 1
 
     run(main())
+
+
+# ---------------------------------------------------------------------------
+# A short stress: random cancels, checkout checks, keepalives, killed backends
+# ---------------------------------------------------------------------------
+
+
+def test_stress_cancels_checks_keepalives_and_faults(
+    postgres_server: PostgresServer, postgres_dsn: str
+) -> None:
+    dbname = str(psycopg.conninfo.conninfo_to_dict(postgres_dsn)["dbname"])
+    max_size = 6
+    checks = 0
+
+    async def check(conn: Any) -> None:
+        nonlocal checks
+        checks += 1
+        await conn.execute("SELECT 1")
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        rng = random.Random(15)
+        pool = AsyncConnectionPool(
+            postgres_dsn, min_size=2, max_size=max_size, timeout=5.0, check=check,
+            check_idle_after=0, check_idle_interval=0.05, check_timeout=2.0,
+        )
+        holders: Dict[int, int] = {}  # id(conn) -> worker holding it
+        cancel_sent: Set[asyncio.Task[None]] = set()
+        problems: List[str] = []
+        served = 0
+
+        async def worker(number: int) -> None:
+            nonlocal served
+            me = asyncio.current_task()
+            while True:
+                started = loop.time()
+                try:
+                    conn = await pool.getconn()
+                except PoolTimeout:
+                    if loop.time() - started > 5.0 + DEADLINE:
+                        problems.append("getconn() blocked far beyond its timeout")
+                    continue
+                if me in cancel_sent:
+                    problems.append("a cancelled task was handed a connection")
+                if id(conn) in holders:
+                    problems.append(f"one connection given to {holders[id(conn)]} and {number}")
+                holders[id(conn)] = number
+                try:
+                    await conn.execute("SELECT 1")
+                    if rng.random() < 0.3:
+                        await conn.execute("SELECT pg_sleep(0.002)")
+                    served += 1
+                except psycopg.Error:
+                    pass  # its backend was terminated: the pool discards it at return
+                finally:
+                    del holders[id(conn)]
+                    await pool.putconn(conn)
+
+        async def faults() -> None:
+            while True:
+                await asyncio.sleep(0.4)
+                await loop.run_in_executor(
+                    None, lambda: postgres_server.terminate_backends(dbname, wait=False)
+                )
+
+        try:
+            await pool.wait(DEADLINE)
+            workers = [asyncio.create_task(worker(n)) for n in range(24)]
+            killer = asyncio.create_task(faults())
+            cancels = broken_sockets = 0
+            end = loop.time() + 6.0
+            while loop.time() < end:
+                await asyncio.sleep(rng.random() * 0.01)
+                victim = workers.pop(rng.randrange(len(workers)))
+                cancel_sent.add(victim)
+                victim.cancel()
+                done, _ = await asyncio.wait([victim], timeout=DEADLINE)
+                assert victim in done, "a cancelled task did not end (hang or deadlock)"
+                if not victim.cancelled():
+                    problems.append(f"a cancel was not delivered: {victim!r}")
+                cancels += 1
+                workers.append(asyncio.create_task(worker(len(workers) + cancels)))
+                if cancels % 10 == 0 and not await server_answers(postgres_server):
+                    broken_sockets += 1
+            killer.cancel()
+            for task in workers:
+                cancel_sent.add(task)
+                task.cancel()
+            done, _ = await asyncio.wait([*workers, killer], timeout=DEADLINE)
+            assert len(done) == len(workers) + 1, "tasks did not end after their cancel"
+            assert not problems, problems[:5]
+            assert broken_sockets == 0, f"{broken_sockets} fresh sockets broken during the stress"
+            assert cancels > 100, cancels
+            assert served > 100, served
+            assert checks > 100, checks
+
+            # Settled: every slot accounted for, and all max_size can be had at once.
+            core = pool._shell.core
+
+            def settled() -> bool:
+                s = pool.stats()
+                return bool(s["in_use"] == 0 and s["opening"] == 0 and consistent(pool))
+
+            await until(settled, "the pool to settle")
+            core.check_invariants()
+            held = [await pool.getconn(timeout=DEADLINE) for _ in range(max_size)]
+            assert len({id(c) for c in held}) == max_size
+            for conn in held:
+                assert await scalar(conn, "SELECT 1") == 1
+                await pool.putconn(conn)
+            assert pool.stats()["size"] == max_size
+            # The descriptors of every closed connection are free and clean.
+            for _ in range(20):
+                assert await server_answers(postgres_server)
+        finally:
+            await pool.close()
+        assert pool._shell.tasks == set()
+
+    run(main(), timeout=90)

@@ -4,22 +4,41 @@ The same core as the blocking shell makes every decision; this shell only
 acts. Calls into the core need no lock: they run on the pool's event loop,
 never awaiting in the middle. A waiter is a Future of that loop.
 
-Cancellation can land at every ``await`` of a caller. Whatever the caller
-holds there is handed back to the core before the CancelledError goes on:
+What holds under cancellation. A cancel can land at any ``await`` of a
+caller (``acquire``, ``release``, ``wait``, ``close``, ``check_idle``):
 
-* waiting in line: it leaves the line; a connection handed to it at that very
-  moment goes to the next waiter or back to idle;
-* the check of the connection it was handed, the pool's own round trips (the
-  checkout ``SELECT 1``, the rollback at return, ``reset()``): those run in a
-  task of the pool's, shielded from the caller's cancellation. A cancelled
-  caller shuts the connection's socket, so the round trip fails at once (no
-  server-side cancel request to wait for), and the connection is discarded;
-* returning a connection: the caller's cancellation does not stop the
-  clean-up (bounded by ``check_timeout``), which ends in the background and
-  returns the connection or discards it.
+* It is always delivered: the cancelled call raises CancelledError, even when
+  the cancel lands in the very step its wait ended (a cancelled ``acquire``
+  never returns a connection). The shell waits only on futures of its own,
+  which nothing but the caller's cancel can cancel (no ``asyncio.shield``,
+  no ``asyncio.wait_for``: both can turn a cancel into a result).
+* No slot is lost and no connection goes to two callers. Waiting in line, the
+  caller leaves the line; a connection handed to it at that very moment goes
+  to the next waiter or back to idle. During the checkout check (the
+  ``SELECT 1``, the ``check`` callback), which runs in a task of the pool's:
+  a check already over hands the connection back (idle, or the next waiter,
+  if it passed); one still running has its socket shut, so it fails at once
+  (no server-side cancel request to wait for), and the connection is
+  discarded when that task has ended. Returning a connection: the clean-up
+  (rollback, restore, ``reset()``) goes on in its task and returns or
+  discards the connection by itself. ``close()`` cancelled: what is still
+  out is closed by force at once, as after its timeout.
+* A connection is never closed while a pool task awaits a round trip on it:
+  closing its descriptor under the task would leave the event loop with a
+  stale registration for that number, breaking the next socket that gets it.
+  Whoever gives up on such a task (a cancelled caller, ``close()``, a pool
+  collected while open) only shuts the socket; the task closes the
+  connection when it ends. Every round trip of the pool's is bounded by
+  ``check_timeout`` (then its socket is shut), and a step that goes on
+  regardless is cancelled a moment later.
 
-Every task the pool starts is tracked; ``close()`` ends them all, so no task
-or connection outlives a closed pool.
+Background work never waits on a round trip: keepalive and suspect checks,
+and the ``reconnect_failed`` callback, run in tasks of their own, side by
+side, so a connect the core asks for starts at once. Every task the pool
+starts is tracked; ``close()`` ends them all, so no task or connection
+outlives a closed pool. The pool serves the event loop it was opened on:
+``acquire`` and ``release`` from any other loop raise RuntimeError and
+change nothing.
 """
 
 from __future__ import annotations
@@ -87,9 +106,10 @@ class _Signal:
 
     def set(self) -> None:
         self._flag = True
-        waiters, self._waiters = self._waiters, []
-        for fut in waiters:
-            _wake(fut)
+        if self._waiters:
+            waiters, self._waiters = self._waiters, []
+            for fut in waiters:
+                _wake(fut)
 
     def clear(self) -> None:
         self._flag = False
@@ -496,10 +516,14 @@ class AsyncPool:
         conn = entry.conn
         failure: Optional[str] = None
         fired: List[bool] = []
+        task = asyncio.current_task()
 
         def interrupt() -> None:
             fired.append(True)
             self.driver.interrupt(conn)
+            # A reset() not waiting on the socket is not ended by shutting it.
+            if task is not None and self._loop is not None:
+                self._loop.call_later(_STUCK, task.cancel)
 
         timer = self._loop.call_at(self._loop_time(self.clock() + self._check_timeout), interrupt)
         try:
