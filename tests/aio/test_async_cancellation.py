@@ -354,3 +354,15 @@ def test_stress_cancels_checks_keepalives_and_faults(
         assert pool._shell.tasks == set()
 
     run(main(), timeout=90)
+
+
+def test_no_asyncio_wait_for_in_the_package() -> None:
+    # asyncio.wait_for can turn a cancel into a result on Python < 3.12.
+    import pathlib
+
+    import pgreservoir
+
+    root = pathlib.Path(pgreservoir.__file__).parent
+    users = [str(path.relative_to(root)) for path in root.rglob("*.py")
+             if "asyncio.wait_for(" in path.read_text(encoding="utf-8")]
+    assert users == []
