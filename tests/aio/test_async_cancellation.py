@@ -165,6 +165,31 @@ def test_a_cancel_landing_as_close_is_satisfied_is_delivered(postgres_dsn: str) 
     run(main())
 
 
+def test_a_check_that_ignores_its_deadline_does_not_hold_the_caller(postgres_dsn: str) -> None:
+    async def check(conn: Any) -> None:
+        await asyncio.sleep(3600)  # not on the socket: shutting it does not end this
+
+    async def main() -> None:
+        async with AsyncConnectionPool(postgres_dsn, min_size=1, max_size=1, check=check) as pool:
+            await pool.wait(DEADLINE)
+            loop = asyncio.get_running_loop()
+            for _ in range(2):
+                started = loop.time()
+                # Bounded by the caller's timeout (plus a generous margin), not by check().
+                getting = asyncio.ensure_future(pool.getconn(timeout=0.5))
+                done, _ = await asyncio.wait([getting], timeout=DEADLINE)
+                assert getting in done, "getconn() was held by check() past its timeout"
+                with pytest.raises(PoolTimeout):
+                    getting.result()
+                assert loop.time() - started < DEADLINE
+                # The check task is cancelled a moment later; the slot comes back.
+                await until(lambda: consistent(pool) and pool.stats()["in_use"] == 0
+                            and pool._shell.tasks == {pool._shell._maintenance},
+                            "the check task to end and the slot back")
+
+    run(main())
+
+
 # ---------------------------------------------------------------------------
 # Item: keepalive pings never hold up a connect
 # ---------------------------------------------------------------------------

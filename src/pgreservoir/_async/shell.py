@@ -360,23 +360,25 @@ class AsyncPool:
                 self.carry_out(plan)
                 assert plan.error is not None
                 raise plan.error
-            task, woken = self._start_step(conn, at, self._checks(ping), "check")
+            task, woken, late = self._start_step(conn, at, self._checks(ping), "check")
             try:
                 await woken
             except BaseException:
                 # Cancelled (only the caller can be: nobody else has ``woken``).
                 # The cancel goes on; the connection goes back once the task
                 # has let go of it, never under it.
-                if task.done():
-                    self._hand_back(entry, None if _succeeded(task) else CloseReason.DEAD)
-                else:
+                if not task.done():
                     self.driver.interrupt(conn)  # the round trip fails at once
                     self._hand_back_after(task, entry, CloseReason.INTERRUPTED)
+                elif late or not _succeeded(task):
+                    self._hand_back(entry, CloseReason.DEAD)
+                else:
+                    self._hand_back(entry)  # checked and fine: the next taker has it
                 raise
             if not task.done():  # overdue: its socket is shut, the task ends soon
                 self._hand_back_after(task, entry, CloseReason.DEAD)
                 return None
-            alive = _succeeded(task)
+            alive = not late and _succeeded(task)
         if not alive:
             self._hand_back(entry, CloseReason.DEAD)
             return None
@@ -423,22 +425,26 @@ class AsyncPool:
 
     def _start_step(
         self, conn: Any, at: float, step: Callable[[Any], Coroutine[Any, Any, Any]], what: str
-    ) -> Tuple[asyncio.Task[Any], asyncio.Future[None]]:
+    ) -> Tuple[asyncio.Task[Any], asyncio.Future[None], List[bool]]:
         """Start the round trip ``step(conn)`` in a task of the pool's, for a
         caller. The future is woken when the task ends, or at ``at``: then the
         socket is shut (the step fails at once, with no server-side cancel to
-        wait for) and the task, if it goes on regardless, is cancelled after
-        _STUCK. Until the task ends ``conn`` counts as busy: close() does not
-        close it by force (its descriptor must not be closed under the task)."""
+        wait for), the list says so (the connection is not to be used even if
+        the task ends well) and the task, if it goes on regardless, is
+        cancelled after _STUCK. Until the task ends ``conn`` counts as busy:
+        close() does not close it by force (its descriptor must not be closed
+        under the task)."""
         loop = self._loop
         assert loop is not None
         key = id(conn)
         self._busy[key] = conn
         task = self._spawn(step(conn), what)
         woken: asyncio.Future[None] = loop.create_future()
+        late: List[bool] = []
 
         def overdue() -> None:
             if not task.done():
+                late.append(True)
                 self.driver.interrupt(conn)
                 loop.call_later(_STUCK, task.cancel)
             _wake(woken)
@@ -451,7 +457,7 @@ class AsyncPool:
             _wake(woken)
 
         task.add_done_callback(ended)
-        return task, woken
+        return task, woken, late
 
     async def _round_trip(
         self, conn: Any, at: float, step: Callable[[Any], Awaitable[Any]]
