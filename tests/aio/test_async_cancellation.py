@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import random
 import struct
 import threading
-from typing import Any, Dict, List, Set
+import warnings
+from typing import Any, Dict, List, Optional, Set
 
 import psycopg
 import pytest
@@ -225,6 +227,43 @@ def test_keepalives_on_dead_links_do_not_delay_a_connect(
                 await pool.putconn(conn)
             finally:
                 await pool.close(timeout=0.1)
+
+    run(main(), timeout=120)
+
+
+@pytest.mark.parametrize("how", ["close", "collect"])
+def test_pings_cut_short_by_close_or_collection_leave_no_stale_descriptor(
+    postgres_server: PostgresServer, how: str
+) -> None:
+    async def one_round(proxy: TcpProxy) -> None:
+        proxy.set_mode("pass")
+        pool: Optional[AsyncConnectionPool] = AsyncConnectionPool(
+            proxy.dsn_for(postgres_server), min_size=1, max_size=1,
+            check_idle_interval=0.1, check_timeout=DEADLINE, check_idle_after=None,
+        )
+        assert pool is not None
+        shell = pool._shell
+        await pool.wait(DEADLINE)
+        proxy.set_mode("blackhole")
+        await until(lambda: shell.stats()["idle"] == 0, "keepalive pings under way")
+        if how == "close":
+            await pool.close(timeout=0.1)
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ResourceWarning)
+                pool = None
+                gc.collect()
+        # At once, while the pings may still be ending: the next sockets may
+        # get their descriptor numbers.
+        for _ in range(5):
+            assert await server_answers(postgres_server), "a fresh socket was broken"
+        await until(lambda: not shell.tasks, "every task of the pool to end")
+        assert await server_answers(postgres_server)
+
+    async def main() -> None:
+        with TcpProxy.for_server(postgres_server) as proxy:
+            for _ in range(3):
+                await one_round(proxy)
 
     run(main(), timeout=120)
 
