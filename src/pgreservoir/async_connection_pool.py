@@ -35,12 +35,17 @@ class AsyncConnectionPool:
 
     A pool belongs to one event loop: the one it is opened on (at
     construction if a loop is running, else at the first ``await`` on it, or
-    ``await pool.open()``). Using it from another loop raises RuntimeError.
+    ``await pool.open()``). Using it from another loop (``getconn()``,
+    ``putconn()`` alike) raises RuntimeError and changes nothing.
 
     Cancellation is safe everywhere: a task cancelled while it waits in line,
-    while its connection is checked or connected for it, or while it returns
-    one, gets its CancelledError, and the pool loses no slot and hands no
-    connection to two tasks.
+    while its connection is checked or connected for it, while it returns
+    one, or in ``wait()`` or ``close()``, always gets its CancelledError (a
+    cancelled ``getconn()`` never returns a connection, however late the
+    cancel lands), and the pool loses no slot and hands no connection to two
+    tasks. The pool never closes a connection one of its tasks is still
+    using. Keepalive pings (``check_idle_interval``) run side by side and
+    never hold up a connect.
     """
 
     def __init__(

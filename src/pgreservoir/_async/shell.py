@@ -4,35 +4,53 @@ The same core as the blocking shell makes every decision; this shell only
 acts. Calls into the core need no lock: they run on the pool's event loop,
 never awaiting in the middle. A waiter is a Future of that loop.
 
-Cancellation can land at every ``await`` of a caller. Whatever the caller
-holds there is handed back to the core before the CancelledError goes on:
+What holds under cancellation. A cancel can land at any ``await`` of a
+caller (``acquire``, ``release``, ``wait``, ``close``, ``check_idle``):
 
-* waiting in line: it leaves the line; a connection handed to it at that very
-  moment goes to the next waiter or back to idle;
-* the check of the connection it was handed, the pool's own round trips (the
-  checkout ``SELECT 1``, the rollback at return, ``reset()``): those run in a
-  task of the pool's, shielded from the caller's cancellation. A cancelled
-  caller shuts the connection's socket, so the round trip fails at once (no
-  server-side cancel request to wait for), and the connection is discarded;
-* returning a connection: the caller's cancellation does not stop the
-  clean-up (bounded by ``check_timeout``), which ends in the background and
-  returns the connection or discards it.
+* It is always delivered: the cancelled call raises CancelledError, even when
+  the cancel lands in the very step its wait ended (a cancelled ``acquire``
+  never returns a connection). The shell waits only on futures of its own,
+  which nothing but the caller's cancel can cancel (no ``asyncio.shield``,
+  no ``asyncio.wait_for``: both can turn a cancel into a result).
+* No slot is lost and no connection goes to two callers. Waiting in line, the
+  caller leaves the line; a connection handed to it at that very moment goes
+  to the next waiter or back to idle. During the checkout check (the
+  ``SELECT 1``, the ``check`` callback), which runs in a task of the pool's:
+  a check already over hands the connection back (idle, or the next waiter,
+  if it passed); one still running has its socket shut, so it fails at once
+  (no server-side cancel request to wait for), and the connection is
+  discarded when that task has ended. Returning a connection: the clean-up
+  (rollback, restore, ``reset()``) goes on in its task and returns or
+  discards the connection by itself. ``close()`` cancelled: what is still
+  out is closed by force at once, as after its timeout.
+* A connection is never closed while a pool task awaits a round trip on it:
+  closing its descriptor under the task would leave the event loop with a
+  stale registration for that number, breaking the next socket that gets it.
+  Whoever gives up on such a task (a cancelled caller, ``close()``, a pool
+  collected while open) only shuts the socket; the task closes the
+  connection when it ends. Every round trip of the pool's is bounded by
+  ``check_timeout`` (then its socket is shut), and a step that goes on
+  regardless is cancelled a moment later.
 
-Every task the pool starts is tracked; ``close()`` ends them all, so no task
-or connection outlives a closed pool.
+Background work never waits on a round trip: keepalive and suspect checks,
+and the ``reconnect_failed`` callback, run in tasks of their own, side by
+side, so a connect the core asks for starts at once. Every task the pool
+starts is tracked; ``close()`` ends them all, so no task or connection
+outlives a closed pool. The pool serves the event loop it was opened on:
+``acquire`` and ``release`` from any other loop raise RuntimeError and
+change nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import os
 import sys
 import time
 import warnings
 import weakref
-from typing import Any, Awaitable, Callable, Coroutine, List, Optional, Set, Tuple
+from typing import Any, Awaitable, Callable, Coroutine, Dict, List, Optional, Set, Tuple
 
 from .._core import (
     BROKEN,
@@ -63,10 +81,50 @@ _SHELLS: weakref.WeakSet[AsyncPool] = weakref.WeakSet()
 _TRACK_FDS = sys.platform.startswith("linux")
 
 
+#: How long a pool task may go on after its socket was shut (the step is not
+#: waiting on it: a check() or reset() doing something else) before it is
+#: cancelled.
+_STUCK = 1.0
+
+
 def _wake(fut: asyncio.Future[None]) -> None:
     # A waiter's future may be cancelled with its task: then nobody waits.
     if not fut.done():
         fut.set_result(None)
+
+
+class _Signal:
+    """Wakes the tasks waiting on it, like asyncio.Event, but waits with a
+    future and a timer: a cancel is always delivered (not asyncio.wait_for)."""
+
+    __slots__ = ("_flag", "_loop", "_waiters")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._flag = False
+        self._waiters: List[asyncio.Future[None]] = []
+
+    def set(self) -> None:
+        self._flag = True
+        if self._waiters:
+            waiters, self._waiters = self._waiters, []
+            for fut in waiters:
+                _wake(fut)
+
+    def clear(self) -> None:
+        self._flag = False
+
+    async def wait(self, timeout: float) -> None:
+        """Until set (now or later) or ``timeout`` seconds."""
+        if self._flag:
+            return
+        fut = self._loop.create_future()
+        self._waiters.append(fut)
+        try:
+            await _until_woken(fut, self._loop.call_later(max(0.0, timeout), _wake, fut))
+        finally:
+            if fut in self._waiters:  # woken by the timer, or cancelled
+                self._waiters.remove(fut)
 
 
 async def _until_woken(fut: asyncio.Future[None], timer: asyncio.TimerHandle) -> None:
@@ -75,6 +133,19 @@ async def _until_woken(fut: asyncio.Future[None], timer: asyncio.TimerHandle) ->
         await fut
     finally:
         timer.cancel()
+
+
+async def _join(task: asyncio.Task[Any]) -> None:
+    """Until ``task`` ends. Cancelling the caller cancels only the wait (the
+    task goes on) and the CancelledError always reaches the caller: unlike
+    asyncio.shield, the task's own end never raises here."""
+    fut = task.get_loop().create_future()
+    task.add_done_callback(lambda _: _wake(fut))
+    await fut
+
+
+def _succeeded(task: asyncio.Task[Any]) -> bool:
+    return not task.cancelled() and task.exception() is None
 
 
 def _consume(task: asyncio.Task[Any]) -> None:
@@ -124,8 +195,11 @@ class AsyncPool:
         # Every task this pool started and that has not ended.
         self._tasks: Set[asyncio.Task[Any]] = set()
         self._maintenance: Optional[asyncio.Task[None]] = None
-        self._work: Optional[asyncio.Event] = None  # wakes the maintenance task
-        self._changed: Optional[asyncio.Event] = None  # set after each plan carried out
+        self._work: Optional[_Signal] = None  # wakes the maintenance task
+        self._changed: Optional[_Signal] = None  # set after each plan carried out
+        # id -> connection for those a pool task is awaiting a round trip on
+        # for a caller (the checkout check): closed only once that task ends.
+        self._busy: Dict[int, Any] = {}
         self._started = False
         _SHELLS.add(self)
 
@@ -143,15 +217,18 @@ class AsyncPool:
         loop = asyncio.get_running_loop()
         if self._loop is None:
             self._loop = loop
-            self._work = asyncio.Event()
-            self._changed = asyncio.Event()
+            self._work = _Signal(loop)
+            self._changed = _Signal(loop)
             self.core.new_handle = loop.create_future
         elif self._loop is not loop:
-            raise RuntimeError(
-                f"pool {self.name!r} belongs to another event loop: an asyncio pool "
-                "serves the loop it was opened on; create one pool per event loop"
-            )
+            raise self._other_loop()
         return loop
+
+    def _other_loop(self) -> RuntimeError:
+        return RuntimeError(
+            f"pool {self.name!r} belongs to another event loop: an asyncio pool "
+            "serves the loop it was opened on; create one pool per event loop"
+        )
 
     def start(self) -> None:
         """Start serving on the running loop: request ``min_size`` connections."""
@@ -283,18 +360,32 @@ class AsyncPool:
                 self.carry_out(plan)
                 assert plan.error is not None
                 raise plan.error
+            task, woken, late = self._start_step(conn, at, self._checks(ping), "check")
             try:
-                alive = await self._bounded(conn, at, self._checks(ping), "check")
+                await woken
             except BaseException:
-                self._hand_back(entry, CloseReason.INTERRUPTED)
+                # Cancelled (only the caller can be: nobody else has ``woken``).
+                # The cancel goes on; the connection goes back once the task
+                # has let go of it, never under it.
+                if not task.done():
+                    self.driver.interrupt(conn)  # the round trip fails at once
+                    self._hand_back_after(task, entry, CloseReason.INTERRUPTED)
+                elif late or not _succeeded(task):
+                    self._hand_back(entry, CloseReason.DEAD)
+                else:
+                    self._hand_back(entry)  # checked and fine: the next taker has it
                 raise
+            if not task.done():  # overdue: its socket is shut, the task ends soon
+                self._hand_back_after(task, entry, CloseReason.DEAD)
+                return None
+            alive = not late and _succeeded(task)
         if not alive:
             self._hand_back(entry, CloseReason.DEAD)
             return None
         entry.conn = None
         return conn
 
-    def _checks(self, ping: bool) -> Callable[[Any], Awaitable[None]]:
+    def _checks(self, ping: bool) -> Callable[[Any], Coroutine[Any, Any, None]]:
         """The round trips a hand-out needs: a ping, the user's check(), or both."""
         check = self._user_check
         driver_ping = self.driver.ping
@@ -316,6 +407,8 @@ class AsyncPool:
         return None if dead is None else not dead
 
     def _hand_back(self, entry: Entry, reason: Optional[CloseReason] = None) -> None:
+        """Give back to the core a connection handed to a caller that will not
+        have it: unused (``reason`` None: to the next in line or idle) or to discard."""
         now = self.clock()
         if reason is None:
             plan = self.core.put_back(entry, now)
@@ -323,13 +416,54 @@ class AsyncPool:
             plan = self.core.lose(entry, now, reason)
         self.carry_out(plan)
 
-    async def _bounded(
-        self, conn: Any, at: float, step: Callable[[Any], Awaitable[Any]], what: str
+    def _hand_back_after(self, task: asyncio.Task[Any], entry: Entry, reason: CloseReason) -> None:
+        """Discard ``entry`` when ``task`` (a round trip on it) has ended, and
+        bound the task: cancelled if its shut socket does not end it."""
+        assert self._loop is not None
+        task.add_done_callback(lambda _: self._hand_back(entry, reason))
+        self._loop.call_later(_STUCK, task.cancel)
+
+    def _start_step(
+        self, conn: Any, at: float, step: Callable[[Any], Coroutine[Any, Any, Any]], what: str
+    ) -> Tuple[asyncio.Task[Any], asyncio.Future[None], List[bool]]:
+        """Start the round trip ``step(conn)`` in a task of the pool's, for a
+        caller. The future is woken when the task ends, or at ``at``: then the
+        socket is shut (the step fails at once, with no server-side cancel to
+        wait for), the list says so (the connection is not to be used even if
+        the task ends well) and the task, if it goes on regardless, is
+        cancelled after _STUCK. Until the task ends ``conn`` counts as busy:
+        close() does not close it by force (its descriptor must not be closed
+        under the task)."""
+        loop = self._loop
+        assert loop is not None
+        key = id(conn)
+        self._busy[key] = conn
+        task = self._spawn(step(conn), what)
+        woken: asyncio.Future[None] = loop.create_future()
+        late: List[bool] = []
+
+        def overdue() -> None:
+            if not task.done():
+                late.append(True)
+                self.driver.interrupt(conn)
+                loop.call_later(_STUCK, task.cancel)
+            _wake(woken)
+
+        timer = loop.call_at(self._loop_time(at), overdue)
+
+        def ended(_: object) -> None:
+            timer.cancel()
+            self._busy.pop(key, None)
+            _wake(woken)
+
+        task.add_done_callback(ended)
+        return task, woken, late
+
+    async def _round_trip(
+        self, conn: Any, at: float, step: Callable[[Any], Awaitable[Any]]
     ) -> bool:
-        """Run the round trip ``step(conn)`` in a task of the pool's, interrupted
-        at ``at``; whether it succeeded. If the caller is cancelled meanwhile,
-        the connection's socket is shut (the step fails at once, without a
-        server-side cancel) and the CancelledError goes on."""
+        """Run ``step(conn)`` in this (pool) task, its socket shut at ``at``;
+        whether it succeeded in time."""
         assert self._loop is not None
         fired: List[bool] = []
 
@@ -338,18 +472,8 @@ class AsyncPool:
             self.driver.interrupt(conn)
 
         timer = self._loop.call_at(self._loop_time(at), interrupt)
-
-        async def run() -> None:
-            await step(conn)
-
-        task = self._spawn(run(), what)
         try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            if not task.done():  # the caller was cancelled, not the step
-                self.driver.interrupt(conn)
-                raise
-            return False
+            await step(conn)
         except Exception:
             return False
         finally:
@@ -364,8 +488,11 @@ class AsyncPool:
         """Take back a connection handed out by :meth:`acquire` (see SyncPool.release).
 
         A clean-up it needs (rollback, restore, ``reset()``) runs in a task of
-        the pool's: cancelling the caller does not interrupt it.
+        the pool's: cancelling the caller does not interrupt it. Only the
+        pool's own event loop may return connections (as only it takes them).
         """
+        if self._loop is not asyncio.get_running_loop() and self._loop is not None:
+            raise self._other_loop()
         now = self.clock()
         entry = self._entry_of(id(conn))
         if entry is None or entry.ref() is not conn:
@@ -387,7 +514,7 @@ class AsyncPool:
         if plan.error is not None:
             raise plan.error
         if plan.clean is not None:
-            await asyncio.shield(self._spawn(self._clean(plan.clean), "clean"))
+            await _join(self._spawn(self._clean(plan.clean), "clean"))
 
     async def _clean(self, entry: Entry) -> None:
         """Roll back, restore and reset a returned connection, bounded by check_timeout."""
@@ -395,10 +522,14 @@ class AsyncPool:
         conn = entry.conn
         failure: Optional[str] = None
         fired: List[bool] = []
+        task = asyncio.current_task()
 
         def interrupt() -> None:
             fired.append(True)
             self.driver.interrupt(conn)
+            # A reset() not waiting on the socket is not ended by shutting it.
+            if task is not None and self._loop is not None:
+                self._loop.call_later(_STUCK, task.cancel)
 
         timer = self._loop.call_at(self._loop_time(self.clock() + self._check_timeout), interrupt)
         try:
@@ -482,7 +613,10 @@ class AsyncPool:
         for conn in plan.interrupt:
             self.driver.interrupt(conn)
         for conn in plan.force:
-            self.driver.force_close(conn)
+            if id(conn) in self._busy:  # its check task closes it when it ends
+                self.driver.interrupt(conn)
+            else:
+                self.driver.force_close(conn)
         if plan.open and self._work is not None:
             self._work.set()
         for kind, detail in plan.events:
@@ -510,22 +644,21 @@ class AsyncPool:
         while not self.core.closed:
             self._work.clear()
             delay: Optional[float] = None
+            # Nothing here awaits: checks and callbacks run in tasks of their
+            # own, so a connect is never held up behind them.
             try:
                 now = self.clock()
                 if now >= next_housekeeping:
                     next_housekeeping = now + interval
-                    await self._housekeep()
+                    self._housekeep()
                 delay = self._start_opens()
-            except asyncio.CancelledError:
-                raise
-            except BaseException as exc:  # a bug, or a callback's BaseException
+            except Exception as exc:  # a bug
                 self._background_failed("background work", exc)
                 delay = interval
             wait = next_housekeeping - self.clock()
             if delay is not None:
                 wait = min(wait, delay)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._work.wait(), max(0.0, wait))
+            await self._work.wait(wait)
 
     def _start_opens(self) -> Optional[float]:
         while True:
@@ -535,18 +668,13 @@ class AsyncPool:
             task = self._spawn(self._open(got), "connect")
             task.add_done_callback(lambda _: self._work.set() if self._work else None)
 
-    async def _housekeep(self) -> None:
+    def _housekeep(self) -> None:
         plan = self.core.housekeep(self.clock())
         self.carry_out(plan)
         if plan.reconnect_failed and self._reconnect_failed is not None:
-            try:
-                await _maybe_await(self._reconnect_failed())
-            except asyncio.CancelledError:
-                raise
-            except BaseException as exc:
-                self._background_failed("the reconnect_failed callback", exc)
+            self._spawn(self._call_reconnect_failed(self._reconnect_failed), "reconnect-failed")
         for entry in plan.check:
-            await self._check(entry, ping=True)
+            self._spawn(self._check(entry, ping=True), "keepalive")
         found: List[Tuple[Entry, float]] = []
         for entry, taken_at in plan.poll:
             probe = entry.probe
@@ -559,16 +687,23 @@ class AsyncPool:
             suspects = self.core.suspect(found, self.clock())
             self.carry_out(suspects)
             for entry in suspects.check:
-                await self._check(entry, ping=False)
+                self._spawn(self._check(entry, ping=False), "keepalive")
+
+    async def _call_reconnect_failed(self, callback: Callable[[], Any]) -> None:
+        try:
+            await _maybe_await(callback())
+        except Exception as exc:
+            self._background_failed("the reconnect_failed callback", exc)
 
     async def _check(self, entry: Entry, *, ping: bool) -> None:
-        """A background check of an entry the core reserved for it."""
+        """A background check of an entry the core reserved for it, in a task
+        of its own (checks run side by side, never ahead of a connect)."""
         alive: Optional[bool] = True
         try:
             alive = self._probe(entry)
             if alive is None or (alive and ping):
                 at = self.clock() + self._check_timeout
-                alive = await self._bounded(entry.conn, at, self.driver.ping, "keepalive")
+                alive = await self._round_trip(entry.conn, at, self.driver.ping)
         except asyncio.CancelledError:
             self.carry_out(self.core.checked(entry, False, self.clock()))
             raise
@@ -600,8 +735,7 @@ class AsyncPool:
             self._changed.clear()
             if done():
                 return True
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), left)
+            await self._changed.wait(left)
         return True
 
     async def wait(self, timeout: float) -> None:
@@ -631,20 +765,26 @@ class AsyncPool:
             return
         self.bind()
         deadline = now + timeout
-        await self._until(self.core.settled, deadline)
-        self.carry_out(self.core.abandon(self.clock()))
-        # Connects in flight and the maintenance task: cancelled, and awaited
-        # a moment (they end at their next await); the clean-ups and checks
-        # interrupted above end by themselves as their sockets are shut.
-        for task in list(self._tasks):
-            if task.get_name().endswith("-connect"):
-                task.cancel()
-        if self._maintenance is not None:
-            self._maintenance.cancel()
+        try:
+            await self._until(self.core.settled, deadline)
+        finally:  # cancelled too: what is still out is closed by force at once
+            self._abandon()
         pending = [t for t in (*self._tasks, self._maintenance) if t is not None and not t.done()]
         if pending:
             grace = min(1.0, max(0.05, deadline - self.clock()))
             await asyncio.wait(pending, timeout=grace)
+
+    def _abandon(self) -> None:
+        """Close by force what is still out; cancel the connects in flight and
+        the maintenance task (they end at their next await). The checks and
+        clean-ups are not cancelled: their sockets are shut, they end by
+        themselves and only then close their connection."""
+        self.carry_out(self.core.abandon(self.clock()))
+        for task in list(self._tasks):
+            if task.get_name().endswith(("-connect", "-reconnect-failed")):
+                task.cancel()
+        if self._maintenance is not None:
+            self._maintenance.cancel()
 
     def stats(self) -> Any:
         """A consistent snapshot of gauges and counters."""
@@ -660,10 +800,14 @@ class AsyncPool:
 
     async def check_idle(self) -> None:
         """Check every idle connection now, with a round trip; replace the dead ones."""
+        self.bind()
         plan = self.core.check_all(self.clock())
         self.carry_out(plan)
-        for entry in plan.check:
-            await self._check(entry, ping=True)
+        # Side by side, in tasks of the pool's: cancelling the caller stops
+        # only its wait; each check reports to the core when it ends.
+        for task in [self._spawn(self._check(entry, ping=True), "keepalive")
+                     for entry in plan.check]:
+            await _join(task)
 
     def drain(self) -> None:
         """Replace every connection: idle ones now, those in use when they come back."""
@@ -698,12 +842,13 @@ class AsyncPool:
             stacklevel=2,
         )
         self.carry_out(self.core.close(self.clock()))
-        self.carry_out(self.core.abandon(self.clock()))
         loop = self._loop
-        tasks = [t for t in (*self._tasks, self._maintenance) if t is not None and not t.done()]
         if loop is not None and not loop.is_closed():
-            for task in tasks:
-                loop.call_soon_threadsafe(task.cancel)
+            # On the loop's own thread: tasks are cancelled there, and only
+            # those close() cancels (see _abandon).
+            loop.call_soon_threadsafe(self._abandon)
+        else:
+            self.carry_out(self.core.abandon(self.clock()))
 
     # ------------------------------------------------------------------
     # fork()

@@ -81,6 +81,22 @@ class _AsyncRunSpec:
         self.results: List[Optional[_ThreadResult]] = [None] * tasks
 
 
+async def _within(awaitable: Awaitable[Any], seconds: float) -> Any:
+    """``await awaitable``, cancelled after ``seconds`` (then asyncio.TimeoutError).
+    Not asyncio.wait_for, which can swallow the caller's cancel on Python < 3.12."""
+    task = asyncio.ensure_future(awaitable)
+    try:
+        done, _ = await asyncio.wait([task], timeout=seconds)
+    except BaseException:
+        task.cancel()
+        raise
+    if not done:
+        task.cancel()
+        await asyncio.wait([task], timeout=CANCEL_GRACE)
+        raise asyncio.TimeoutError
+    return task.result()
+
+
 async def _release_quietly(release: AsyncRelease, conn: Any) -> None:
     with contextlib.suppress(Exception):
         await release(conn)
@@ -195,7 +211,7 @@ async def _run(
         if session.warm:
             warm = _warm(session.acquire, session.release, min(session.warm, scenario.size))
             try:
-                await asyncio.wait_for(warm, HANG_GRACE)
+                await _within(warm, HANG_GRACE)
             except asyncio.TimeoutError:
                 raise BenchError(
                     f"{contender.label}: the warm-up (taking all {scenario.size} connections "
@@ -233,7 +249,7 @@ async def _run(
         if unfinished:
             await asyncio.wait(unfinished, timeout=CANCEL_GRACE)
         try:
-            await asyncio.wait_for(session.close(), CLOSE_LIMIT)
+            await _within(session.close(), CLOSE_LIMIT)
         except asyncio.TimeoutError:
             raise BenchError(  # noqa: B904 (chained to what failed first, if anything)
                 f"{contender.label}: close() did not return within {CLOSE_LIMIT:g} s"
