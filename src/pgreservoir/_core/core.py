@@ -964,10 +964,6 @@ class Core:
                     ),
                 )
 
-    def note_collected(self, key: int) -> None:
-        """Weakref callback target: a handed-out connection was collected (no lock)."""
-        self._collected.append(key)
-
     # ------------------------------------------------------------------
     # Whole-pool operations
     # ------------------------------------------------------------------
@@ -1155,10 +1151,6 @@ class Core:
             f"{'closed' if self.closed else 'open'} size={g['size']}/{g['max_size']} "
             f"idle={g['idle']} in_use={g['in_use']} waiting={g['waiting']}"
         )
-
-    def failing_error(self) -> Optional[BaseException]:
-        """The last connect error while connecting is failing, else None."""
-        return self._last_error if self._failing else None
 
     def check_invariants(self) -> None:
         """Assert the invariants written above the state (for tests)."""
