@@ -60,13 +60,19 @@ class Psycopg2Driver(DriverBase):
             dsn, args = args[0], args[1:]
         if dsn is not None and not isinstance(dsn, str):
             raise TypeError(f"the DSN must be a str, got {type(dsn).__name__}")
+        # From here on nothing may quote the DSN unmasked: it may hold a password.
         try:
+            if dsn is not None:
+                psycopg2.extensions.parse_dsn(dsn)
+        except psycopg2.ProgrammingError as exc:
+            raise self._invalid(str(exc), dsn) from None
+        try:
+            # The DSN is valid: what libpq refuses now came from the keywords.
             merged = psycopg2.extensions.parse_dsn(
                 psycopg2.extensions.make_dsn(dsn, **libpq_kwargs)
             )
         except psycopg2.ProgrammingError as exc:
-            # From here on nothing may quote the DSN: it may hold a password.
-            raise self._invalid(str(exc), dsn) from None
+            raise self._invalid(str(exc), None, libpq_kwargs) from None
         for key, value in (defaults or {}).items():
             if key not in merged:
                 kwargs[key] = value
