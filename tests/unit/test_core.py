@@ -19,6 +19,7 @@ from pgreservoir._core import (
     CLEAN,
     CLOSE,
     DIRTY,
+    HOLDER_CLOSED,
     PING,
     PROBE,
     Core,
@@ -337,6 +338,52 @@ def test_broken_or_closed_returns_free_their_slot(verdict: int) -> None:
     assert plan.close == [a]
     assert core.gauges()["size"] == 0
     assert core.stats()["connections_lost"] == (1 if verdict == BROKEN else 0)
+
+
+def test_closed_by_its_holder_is_a_quiet_discard_that_suspects_no_sibling() -> None:
+    core = make_core(min_size=2, max_size=2)
+    a, b = fill(core, 2)
+    take(core)
+    take(core)
+    give(core, b, CLEAN, T0 + 1)
+    plan = give(core, a, HOLDER_CLOSED, T0 + 2)
+    assert isinstance(plan, Plan)
+    assert plan.close == [a]
+    assert not plan.events  # routine: not logged
+    assert plan.open == 1  # refill
+    stats = core.stats()
+    assert (stats["returns_closed"], stats["returns_broken"], stats["connections_lost"]) == (
+        1,
+        0,
+        0,
+    )
+    assert take(core, T0 + 3).vet == PROBE  # the sibling gets no round trip
+    # A broken return, by contrast, is lost and makes the siblings suspect.
+    core2 = make_core(min_size=2, max_size=2)
+    c, d = fill(core2, 2)
+    take(core2)
+    take(core2)
+    give(core2, d, CLEAN, T0 + 1)
+    give(core2, c, BROKEN, T0 + 2)
+    assert core2.stats()["connections_lost"] == 1
+    assert take(core2, T0 + 3).vet == PING
+
+
+def test_decline_reports_the_wait_since_the_checkout_began() -> None:
+    core = make_core(min_size=1, max_size=1, timeout=5.0)
+    (a,) = fill(core, 1)
+    take(core)
+    plan = checkout(core, T0 + 1, 5.0)
+    assert isinstance(plan, Plan)
+    assert plan.waiter is not None
+    give(core, a, CLEAN, T0 + 5.999)  # handed to the waiter at its deadline
+    assert plan.waiter.entry is a
+    declined = core.decline(a, T0 + 6, T0 + 1)
+    assert isinstance(declined.error, PoolTimeout)
+    assert "after 5.00 s" in str(declined.error)
+    assert core.stats()["timeouts"] == 1
+    assert a.state is State.IDLE  # back unchanged, for the next taker
+    core.check_invariants()
 
 
 def test_foreign_and_double_returns_change_nothing() -> None:

@@ -64,6 +64,7 @@ __all__ = [
     "CLEAN",
     "CLOSE",
     "DIRTY",
+    "HOLDER_CLOSED",
     "LIFETIME_JITTER",
     "Core",
 ]
@@ -87,6 +88,9 @@ CLOSE = 3
 # changed (autocommit, isolation level...). The shell puts them back, which
 # needs no round trip, and checks the connection in as CLEAN.
 RESTORE = 4
+# Closed by its holder (conn.close()): a quiet discard. Not a lost
+# connection: nothing says its siblings are dead.
+HOLDER_CLOSED = 5
 
 _OPENING = State.OPENING
 _IDLE = State.IDLE
@@ -112,7 +116,12 @@ _PACE = 0.5
 _SPELL = 4
 
 # Discards that are routine, so not worth a log line.
-_QUIET = (CloseReason.POOL_CLOSED, CloseReason.ABANDONED, CloseReason.NOT_KEPT)
+_QUIET = (
+    CloseReason.POOL_CLOSED,
+    CloseReason.ABANDONED,
+    CloseReason.NOT_KEPT,
+    CloseReason.HOLDER_CLOSED,
+)
 
 
 class Core:
@@ -233,7 +242,8 @@ class Core:
         self._closed_count = 0
         self._connect_errors = 0
         self._lost = 0
-        self._returns_broken = 0  # returned closed, broken or in an unknown state
+        self._returns_broken = 0  # returned broken or in an unknown state
+        self._returns_closed = 0  # returned closed by their holder
         self._cancelled = 0  # waiters that left the line interrupted or cancelled
         self._connect_seconds = 0.0  # spent in connects that succeeded
         self._leaked = 0
@@ -482,12 +492,17 @@ class Core:
             self._return(entry, now, plan, entry.last_used)
         return plan
 
-    def decline(self, entry: Entry, now: float, waited: float) -> Plan:
+    def decline(self, entry: Entry, now: float, since: float) -> Plan:
         """The caller has no time left for the round trip ``entry`` needs: it goes
-        back unchanged (the next taker checks it) and the caller times out."""
+        back unchanged (the next taker checks it) and the caller times out.
+
+        ``since``: when the caller's checkout began (its timeout runs from
+        there), so the PoolTimeout says how long it really waited, not how
+        long it held ``entry`` (a moment, when it was served at its deadline).
+        """
         plan = self.put_back(entry, now)
         self._timeouts += 1
-        plan.error = self._timeout_error(waited)
+        plan.error = self._timeout_error(max(0.0, now - since))
         return plan
 
     def mark_suspect(self, now: float) -> None:
@@ -575,6 +590,9 @@ class Core:
         elif verdict == BROKEN:
             self._returns_broken += 1
             self._discard(entry, CloseReason.BROKEN, now, plan)
+        elif verdict == HOLDER_CLOSED:
+            self._returns_closed += 1
+            self._discard(entry, CloseReason.HOLDER_CLOSED, now, plan)
         elif verdict == CLOSE:
             self._discard(entry, CloseReason.CALLER, now, plan)
         elif entry.expires <= now:
@@ -1138,6 +1156,7 @@ class Core:
             wait_ms_total=round(self._waits.total_seconds * 1000.0, 3),
             connect_ms_total=round(self._connect_seconds * 1000.0, 3),
             returns_broken=self._returns_broken,
+            returns_closed=self._returns_closed,
             wait_ms_p50=self._waits.percentile_ms(0.50, unwaited),
             wait_ms_p99=self._waits.percentile_ms(0.99, unwaited),
             wait_ms_max=round(self._waits.max_seconds * 1000.0, 3),

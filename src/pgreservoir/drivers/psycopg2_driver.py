@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from .._core import BROKEN, CLEAN, DIRTY, RESTORE
+from .._core import BROKEN, CLEAN, DIRTY, HOLDER_CLOSED, RESTORE
 from . import check_rows
 from ._base import DriverBase, is_lost_sqlstate
 from ._sockets import Probe
@@ -119,8 +119,10 @@ class Psycopg2Driver(DriverBase):
     # -- check-in ------------------------------------------------------------
 
     def verdict(self, conn: Any, baseline: Any) -> int:
-        if conn.closed:
-            return BROKEN
+        closed = conn.closed
+        if closed:
+            # 1: closed by close(); 2: the connection broke (libpq lost it).
+            return HOLDER_CLOSED if closed == 1 else BROKEN
         # get_transaction_status() is a plain C call; conn.info allocates an object.
         status = conn.get_transaction_status()
         if status == 0:  # TRANSACTION_STATUS_IDLE
@@ -200,6 +202,6 @@ class Psycopg2Driver(DriverBase):
     def is_disconnect(self, exc: BaseException, conn: Any) -> bool:
         if not isinstance(exc, self._psycopg2.Error):
             return False
-        if conn is not None and conn.closed:
+        if conn is not None and conn.closed == 2:  # broken; 1 is a close() by its holder
             return True
         return is_lost_sqlstate(getattr(exc, "pgcode", None))

@@ -7,7 +7,7 @@ import contextlib
 import inspect
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from .._core import BROKEN, CLEAN, DIRTY, RESTORE
+from .._core import BROKEN, CLEAN, DIRTY, HOLDER_CLOSED, RESTORE
 from . import check_rows
 from ._base import DriverBase, is_lost_sqlstate
 from ._conninfo import server_ports
@@ -171,8 +171,8 @@ class _PsycopgBase(DriverBase):
     # -- check-in ------------------------------------------------------------
 
     def verdict(self, conn: Any, baseline: Any) -> int:
-        if conn.closed or conn.broken:
-            return BROKEN
+        if conn.closed:  # broken (lost), or closed by its holder
+            return BROKEN if conn.broken else HOLDER_CLOSED
         status = conn.pgconn.transaction_status
         if status == _IDLE:
             if (
@@ -237,7 +237,7 @@ class _PsycopgBase(DriverBase):
     def is_disconnect(self, exc: BaseException, conn: Any) -> bool:
         if not isinstance(exc, self._psycopg.Error):
             return False
-        if conn is not None and (conn.closed or conn.broken):
+        if conn is not None and conn.broken:  # closed, not by close()
             return True
         return is_lost_sqlstate(getattr(exc, "sqlstate", None))
 
