@@ -586,6 +586,29 @@ def test_after_fork_forgets_everything_and_accepts_late_returns() -> None:
     assert core.start(T0).open == 2
 
 
+def test_after_fork_opens_nothing_until_the_first_checkout() -> None:
+    core = make_core(min_size=2, max_size=3)
+    fill(core, 2)
+    core.after_fork()
+    assert core.filled()  # nothing to wait for
+    assert not core.housekeep(T0 + 1).open
+    assert core.claim_open(T0 + 1) is None
+    # The first checkout, even one that does not wait, asks for min_size.
+    plan = checkout(core, T0 + 2, 0.0)
+    assert isinstance(plan, Plan)
+    assert isinstance(plan.error, PoolTimeout)
+    assert plan.open == 2
+    assert not core.filled()
+    core.check_invariants()
+    # One that waits gets one opened for it (min_size covers it).
+    plan = checkout(core, T0 + 3, 5.0)
+    assert isinstance(plan, Plan)
+    assert plan.waiter is not None
+    assert plan.open == 0
+    open_one(core, T0 + 3)
+    assert plan.waiter.entry is not None
+
+
 def test_gc_collected_connections_free_their_slot() -> None:
     import gc
 

@@ -212,6 +212,9 @@ class Core:
         #: Whether close() was called; only close() sets it.
         self.closed = False
         self._started = False  # start() was called: background opens may be requested
+        # A forked child's pool: no opens (min_size refill included) until its
+        # first checkout, so that workers that never use it open nothing.
+        self._dormant = False
         # Connections handed out and then closed by the pool (close() gave up
         # waiting, or a fork disowned them): a late putconn() is accepted.
         self._forced: Dict[int, Entry] = {}
@@ -295,6 +298,7 @@ class Core:
             and not idle
             and not self._failing
             and not self.closed
+            and self._started
             and (
                 self._waiters
                 or not self._inline
@@ -336,6 +340,11 @@ class Core:
         plan = Plan()
         if not retry:
             self._requests += 1
+        if self._dormant:
+            # A forked child's first checkout: serve from now on, min_size too.
+            self._dormant = False
+            self._started = True
+            self._maybe_open(now, plan)
         if self._waiters and self._idle:
             self._serve_overdue(now, plan)
         entry = self._pop_idle(now, plan)
@@ -1067,7 +1076,9 @@ class Core:
         return plan
 
     def after_fork(self) -> Tuple[List[Any], List[Entry]]:
-        """In a forked child: forget every connection and start afresh.
+        """In a forked child: forget every connection and start afresh, opening
+        nothing until the first checkout (then ``min_size`` are requested, in
+        the plan of that checkout).
 
         Returns the connections the parent had (the child must make their
         sockets unreachable, not close them) and the tickets whose connect was
@@ -1092,11 +1103,15 @@ class Core:
         self._waiters = deque()
         self._collected[:] = []
         self._bg_opening = self._to_open = self._size = 0
+        if self._started and not self.closed:
+            self._started = False
+            self._dormant = True
         return conns, tickets
 
     def filled(self) -> bool:
-        """Whether ``min_size`` connections are open (for wait())."""
-        return self._size - len(self._opening) - self._to_open >= self.min_size
+        """Whether ``min_size`` connections are open (for wait()); a forked child's
+        pool before its first checkout opens nothing, so has nothing to wait for."""
+        return self._dormant or self._size - len(self._opening) - self._to_open >= self.min_size
 
     def fill_error(self, waited: float) -> PoolError:
         """The PoolTimeout of a wait() that ran out."""
@@ -1119,6 +1134,7 @@ class Core:
         Until then nothing is requested (a facade may fill the pool itself first)."""
         plan = Plan()
         self._started = True
+        self._dormant = False
         self._maybe_open(now, plan)
         return plan
 

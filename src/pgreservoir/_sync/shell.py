@@ -756,7 +756,9 @@ class SyncPool:
         keep working. A connect in flight at the fork had no connection
         object yet; its socket is found among the descriptors it created.
         Only the forking thread survives a fork: the lock and the background
-        thread are replaced too.
+        thread are replaced too. Nothing is opened and no thread started until
+        the child's first checkout (the core's plan then asks for opens, and
+        waking the new maintainer starts its thread).
         """
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -774,8 +776,6 @@ class SyncPool:
                 for fd in stray_sockets(ticket.fds_before, self.driver.server_ports):
                     os.dup2(devnull, fd, inheritable=False)
         self._maintainer = Maintainer(self)
-        if self._started and not self.core.closed:
-            self.start()
 
 
 def _after_fork_in_child() -> None:
