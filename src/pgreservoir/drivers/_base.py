@@ -15,7 +15,12 @@ from typing import Any, Collection, Mapping, Optional, Tuple
 from ._conninfo import mask_dsn, parse_error, pool_option_hint, redact, server_ports
 from ._sockets import Probe, make_probe, shutdown_fd
 
-__all__ = ["DriverBase", "is_lost_sqlstate"]
+__all__ = ["CLIENT_DEFAULTS", "DriverBase", "is_lost_sqlstate"]
+
+#: The attribute where the psycopg 3 drivers note a new connection's
+#: client-side defaults (``row_factory``, ``prepare_threshold``, after
+#: configure()), for :func:`pgreservoir.discard_all` to put back.
+CLIENT_DEFAULTS = "_pgreservoir_client_defaults"
 
 
 def is_lost_sqlstate(code: Optional[str]) -> bool:

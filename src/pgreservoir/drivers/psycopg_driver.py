@@ -9,7 +9,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 from .._core import BROKEN, CLEAN, DIRTY, HOLDER_CLOSED, RESTORE
 from . import check_rows
-from ._base import DriverBase, is_lost_sqlstate
+from ._base import CLIENT_DEFAULTS, DriverBase, is_lost_sqlstate
 from ._conninfo import server_ports
 from ._sockets import Probe
 
@@ -167,6 +167,12 @@ class _PsycopgBase(DriverBase):
     def adopt(self, conn: Any, owner: Any) -> None:
         # psycopg's `with conn:` closes the connection unless it knows a pool.
         conn._pool = owner
+
+    def snapshot(self, conn: Any) -> Any:
+        # Once per connection: what a reset (discard_all) puts back client-side.
+        with contextlib.suppress(AttributeError):
+            setattr(conn, CLIENT_DEFAULTS, (conn.row_factory, conn.prepare_threshold))
+        return super().snapshot(conn)
 
     # -- check-in ------------------------------------------------------------
 
