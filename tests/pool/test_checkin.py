@@ -124,3 +124,28 @@ def test_timeout_at_the_deadline_reports_the_whole_wait(
             assert scalar(conn, "SELECT 1") == 1
     finally:
         pool.close(0)
+
+
+def test_a_broken_return_is_logged_by_the_pool_not_by_the_caller(
+    postgres_server: PostgresServer,
+    postgres_dsn: str,
+    flavor: Flavor,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="pgreservoir")
+    pool = ConnectionPool(postgres_dsn, min_size=1, max_size=1, **flavor.pool_kwargs)
+    try:
+        conn = pool.getconn(timeout=DEADLINE)
+        assert postgres_server.terminate_backends(dbname=conn.info.dbname) == 1
+        with pytest.raises(flavor.OperationalError):
+            scalar(conn, "SELECT 1")
+        pool.putconn(conn)
+
+        def discards() -> List[logging.LogRecord]:
+            return [r for r in caplog.records if "returned broken" in r.getMessage()]
+
+        wait_until(lambda: bool(discards()), "the discard logged")
+        assert [r.threadName for r in discards()] != [threading.current_thread().name]
+        assert all(r.threadName.startswith("pgreservoir-") for r in discards())
+    finally:
+        pool.close(0)

@@ -320,9 +320,33 @@ def test_dirty_returns_are_reserved_for_cleaning() -> None:
     failed = core.cleaned(a, T0 + 2, "RuntimeError: rollback failed")
     assert failed.close == [a]
     assert a.state.value == "closed"
-    assert ("reset_failed", "RuntimeError: rollback failed") in failed.events
     assert failed.open == 1  # refill to min_size
+    # Logged by the next housekeeping, not by the returning caller.
+    assert not failed.events
+    assert ("reset_failed", "RuntimeError: rollback failed") in core.housekeep(T0 + 3).events
     core.check_invariants()
+
+
+def test_discards_decided_on_a_callers_path_are_logged_by_housekeeping() -> None:
+    core = make_core(min_size=1, max_size=1)
+    (a,) = fill(core, 1)
+    take(core)
+    returned = give(core, a, BROKEN, T0 + 1)
+    assert isinstance(returned, Plan)
+    assert returned.close == [a]
+    assert not returned.events  # the returning thread logs nothing
+    later = core.housekeep(T0 + 2)
+    assert ("closed", "returned broken or in an unknown state") in later.events
+    assert not core.housekeep(T0 + 3).events  # once
+    # A burst is capped, and the rest counted.
+    for i in range(100):
+        core._log_later("closed", f"burst {i}")
+    burst = core.housekeep(T0 + 4).events
+    assert len(burst) == 65
+    assert burst[-1] == ("closed", "36 more connections")
+    # What close() finds is logged by it.
+    core._log_later("closed", "last")
+    assert ("closed", "last") in core.close(T0 + 5).events
 
 
 @pytest.mark.parametrize("verdict", [BROKEN, CLOSE])

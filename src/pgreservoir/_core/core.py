@@ -115,6 +115,9 @@ _PACE = 0.5
 # checkouts too, whatever the scheduler does.
 _SPELL = 4
 
+# Most log lines kept for the next housekeeping (discards are bursts: a
+# server restart discards every connection at once).
+_LATER_MAX = 64
 # Discards that are routine, so not worth a log line.
 _QUIET = (
     CloseReason.POOL_CLOSED,
@@ -236,6 +239,12 @@ class Core:
         # hand-out: set when a connection turns out dead, because its
         # siblings probably died with it (server restart, network reset).
         self._suspect_before = -math.inf
+        # Log lines of discards, decided on whichever path (a caller's return
+        # or checkout too), carried out by the next housekeeping (the pool's
+        # own thread or task) so that no caller's thread logs; at most
+        # _LATER_MAX, then only counted.
+        self._later: List[Tuple[str, str]] = []
+        self._later_dropped = 0
         # Counters since the pool opened.
         self._requests = 0
         self._requests_waited = 0
@@ -624,7 +633,7 @@ class Core:
             return plan
         self._reserved.discard(entry)
         if failure is not None:
-            plan.add("events", ("reset_failed", failure))
+            self._log_later("reset_failed", failure)
             self._discard(entry, CloseReason.RESET_FAILED, now, plan)
         else:
             self._return(entry, now, plan, now)
@@ -672,8 +681,25 @@ class Core:
             self._lost += 1
             self._suspect_before = now
         if reason not in _QUIET:
-            plan.add("events", ("closed", reason.value))
+            self._log_later("closed", reason.value)
         self._maybe_open(now, plan)
+
+    def _log_later(self, kind: str, detail: str) -> None:
+        """An event for the next housekeeping to log (see ``_later``)."""
+        if len(self._later) < _LATER_MAX:
+            self._later.append((kind, detail))
+        else:
+            self._later_dropped += 1
+
+    def _flush_later(self, plan: Plan) -> None:
+        """Move the events kept for later into ``plan``."""
+        if self._later:
+            for event in self._later:
+                plan.add("events", event)
+            self._later.clear()
+        if self._later_dropped:
+            plan.add("events", ("closed", f"{self._later_dropped} more connections"))
+            self._later_dropped = 0
 
     # ------------------------------------------------------------------
     # Opening connections
@@ -831,8 +857,10 @@ class Core:
     def housekeep(self, now: float) -> Plan:
         """Periodic work (every ``interval`` s): reap abandoned slots, report
         leaks, retire idle connections, keepalive pings, the idle-socket
-        probe, refill, and the reconnect_failed deadline."""
+        probe, refill, and the reconnect_failed deadline; log what was decided
+        since the last time (discards)."""
         plan = Plan()
+        self._flush_later(plan)
         if self.closed:
             return plan
         if self._collected:
@@ -1024,6 +1052,7 @@ class Core:
         if self.closed:
             return plan
         self.closed = True
+        self._flush_later(plan)
         while self._waiters:
             waiter = self._waiters.popleft()
             waiter.error = self._error(PoolClosed, "connection pool is closed")
@@ -1053,6 +1082,7 @@ class Core:
         thread: ``plan.interrupt``; that thread closes it when its step ends.
         """
         plan = Plan()
+        self._flush_later(plan)
         forced = 0
         for key, entry in list(self.in_use.items()):
             del self.in_use[key]
