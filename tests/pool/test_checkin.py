@@ -146,6 +146,6 @@ def test_a_broken_return_is_logged_by_the_pool_not_by_the_caller(
 
         wait_until(lambda: bool(discards()), "the discard logged")
         assert [r.threadName for r in discards()] != [threading.current_thread().name]
-        assert all(r.threadName.startswith("pgreservoir-") for r in discards())
+        assert all(str(r.threadName).startswith("pgreservoir-") for r in discards())
     finally:
         pool.close(0)
