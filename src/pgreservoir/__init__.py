@@ -7,6 +7,7 @@ drop-in replacements for the classes of ``psycopg2.pool``.
 
 from __future__ import annotations
 
+from ._reset import async_discard_all, discard_all
 from .async_connection_pool import AsyncConnectionPool
 from .connection_pool import ConnectionPool
 from .errors import PoolClosed, PoolError, PoolTimeout, TooManyRequests
@@ -21,6 +22,8 @@ __all__ = [
     "PoolTimeout",
     "TooManyRequests",
     "__version__",
+    "async_discard_all",
+    "discard_all",
 ]
 
 __version__ = "0.1.0"

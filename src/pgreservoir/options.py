@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 __all__ = [
     "DEFAULT_CONNECT_OPTIONS",
     "OPTION_NAMES",
+    "SECRET_KEYS",
     "PoolOptions",
     "check_seconds",
     "check_sizes",
@@ -39,6 +40,9 @@ DEFAULT_CONNECT_OPTIONS: Mapping[str, Any] = {
     "keepalives_interval": 10,
     "keepalives_count": 5,
 }
+
+#: libpq options whose values are secrets: never shown (``***``).
+SECRET_KEYS = frozenset({"password", "sslpassword"})
 
 _names = itertools.count(1)
 
@@ -114,10 +118,18 @@ def _name(name: str, value: Any) -> Any:
     return value
 
 
+class _Masked(Dict[str, Any]):
+    """A dict of libpq options whose repr() shows secrets as ``***`` (so does
+    the repr of every PoolOptions, including a subclass's generated one)."""
+
+    def __repr__(self) -> str:
+        return repr({k: "***" if k in SECRET_KEYS else v for k, v in self.items()})
+
+
 def _mapping(name: str, value: Any) -> Any:
     if not isinstance(value, Mapping):
         raise TypeError(f"{name} must be a mapping of libpq options, got {value!r}")
-    return dict(value)
+    return value if type(value) is _Masked else _Masked(value)
 
 
 def _count(minimum: int) -> Callable[[str, Any], int]:

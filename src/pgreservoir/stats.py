@@ -24,6 +24,7 @@ COUNTER_KEYS = (
     "connect_ms_total",
     "connections_lost",
     "returns_broken",
+    "returns_closed",
 )
 
 # Buckets grow by 2**(1/4) (19%) from 1 us: 120 buckets reach ~1e9 us (17 min).

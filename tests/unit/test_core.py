@@ -19,6 +19,7 @@ from pgreservoir._core import (
     CLEAN,
     CLOSE,
     DIRTY,
+    HOLDER_CLOSED,
     PING,
     PROBE,
     Core,
@@ -319,9 +320,33 @@ def test_dirty_returns_are_reserved_for_cleaning() -> None:
     failed = core.cleaned(a, T0 + 2, "RuntimeError: rollback failed")
     assert failed.close == [a]
     assert a.state.value == "closed"
-    assert ("reset_failed", "RuntimeError: rollback failed") in failed.events
     assert failed.open == 1  # refill to min_size
+    # Logged by the next housekeeping, not by the returning caller.
+    assert not failed.events
+    assert ("reset_failed", "RuntimeError: rollback failed") in core.housekeep(T0 + 3).events
     core.check_invariants()
+
+
+def test_discards_decided_on_a_callers_path_are_logged_by_housekeeping() -> None:
+    core = make_core(min_size=1, max_size=1)
+    (a,) = fill(core, 1)
+    take(core)
+    returned = give(core, a, BROKEN, T0 + 1)
+    assert isinstance(returned, Plan)
+    assert returned.close == [a]
+    assert not returned.events  # the returning thread logs nothing
+    later = core.housekeep(T0 + 2)
+    assert ("closed", "returned broken or in an unknown state") in later.events
+    assert not core.housekeep(T0 + 3).events  # once
+    # A burst is capped, and the rest counted.
+    for i in range(100):
+        core._log_later("closed", f"burst {i}")
+    burst = core.housekeep(T0 + 4).events
+    assert len(burst) == 65
+    assert burst[-1] == ("closed", "36 more connections")
+    # What close() finds is logged by it.
+    core._log_later("closed", "last")
+    assert ("closed", "last") in core.close(T0 + 5).events
 
 
 @pytest.mark.parametrize("verdict", [BROKEN, CLOSE])
@@ -337,6 +362,52 @@ def test_broken_or_closed_returns_free_their_slot(verdict: int) -> None:
     assert plan.close == [a]
     assert core.gauges()["size"] == 0
     assert core.stats()["connections_lost"] == (1 if verdict == BROKEN else 0)
+
+
+def test_closed_by_its_holder_is_a_quiet_discard_that_suspects_no_sibling() -> None:
+    core = make_core(min_size=2, max_size=2)
+    a, b = fill(core, 2)
+    take(core)
+    take(core)
+    give(core, b, CLEAN, T0 + 1)
+    plan = give(core, a, HOLDER_CLOSED, T0 + 2)
+    assert isinstance(plan, Plan)
+    assert plan.close == [a]
+    assert not plan.events  # routine: not logged
+    assert plan.open == 1  # refill
+    stats = core.stats()
+    assert (stats["returns_closed"], stats["returns_broken"], stats["connections_lost"]) == (
+        1,
+        0,
+        0,
+    )
+    assert take(core, T0 + 3).vet == PROBE  # the sibling gets no round trip
+    # A broken return, by contrast, is lost and makes the siblings suspect.
+    core2 = make_core(min_size=2, max_size=2)
+    c, d = fill(core2, 2)
+    take(core2)
+    take(core2)
+    give(core2, d, CLEAN, T0 + 1)
+    give(core2, c, BROKEN, T0 + 2)
+    assert core2.stats()["connections_lost"] == 1
+    assert take(core2, T0 + 3).vet == PING
+
+
+def test_decline_reports_the_wait_since_the_checkout_began() -> None:
+    core = make_core(min_size=1, max_size=1, timeout=5.0)
+    (a,) = fill(core, 1)
+    take(core)
+    plan = checkout(core, T0 + 1, 5.0)
+    assert isinstance(plan, Plan)
+    assert plan.waiter is not None
+    give(core, a, CLEAN, T0 + 5.999)  # handed to the waiter at its deadline
+    assert plan.waiter.entry is a
+    declined = core.decline(a, T0 + 6, T0 + 1)
+    assert isinstance(declined.error, PoolTimeout)
+    assert "after 5.00 s" in str(declined.error)
+    assert core.stats()["timeouts"] == 1
+    assert a.state is State.IDLE  # back unchanged, for the next taker
+    core.check_invariants()
 
 
 def test_foreign_and_double_returns_change_nothing() -> None:
@@ -537,6 +608,29 @@ def test_after_fork_forgets_everything_and_accepts_late_returns() -> None:
     assert late.error is None
     assert late.close
     assert core.start(T0).open == 2
+
+
+def test_after_fork_opens_nothing_until_the_first_checkout() -> None:
+    core = make_core(min_size=2, max_size=3)
+    fill(core, 2)
+    core.after_fork()
+    assert core.filled()  # nothing to wait for
+    assert not core.housekeep(T0 + 1).open
+    assert core.claim_open(T0 + 1) is None
+    # The first checkout, even one that does not wait, asks for min_size.
+    plan = checkout(core, T0 + 2, 0.0)
+    assert isinstance(plan, Plan)
+    assert isinstance(plan.error, PoolTimeout)
+    assert plan.open == 2
+    assert not core.filled()
+    core.check_invariants()
+    # One that waits gets one opened for it (min_size covers it).
+    plan = checkout(core, T0 + 3, 5.0)
+    assert isinstance(plan, Plan)
+    assert plan.waiter is not None
+    assert plan.open == 0
+    open_one(core, T0 + 3)
+    assert plan.waiter.entry is not None
 
 
 def test_gc_collected_connections_free_their_slot() -> None:

@@ -281,7 +281,7 @@ class AsyncPool:
         self, entry: Optional[Entry], plan: Optional[Plan], now: float, timeout: Optional[float]
     ) -> Any:
         wait = self.core.timeout if timeout is None else timeout
-        deadline = now + wait
+        since, deadline = now, now + wait
         while True:
             if plan is not None:
                 self.carry_out(plan)
@@ -291,7 +291,7 @@ class AsyncPool:
                 if plan.waiter is not None:
                     entry = await self._wait(plan.waiter, deadline)
             assert entry is not None
-            conn = await self._vet(entry, deadline, wait <= 0)
+            conn = await self._vet(entry, deadline, wait <= 0, since)
             if conn is not None:
                 return conn
             # It was dead (and is discarded): try again, at the head of the line.
@@ -343,8 +343,9 @@ class AsyncPool:
         fut = waiter.handle
         await _until_woken(fut, loop.call_at(self._loop_time(deadline), _wake, fut))
 
-    async def _vet(self, entry: Entry, deadline: float, no_wait: bool) -> Any:
-        """Check a connection handed to us; return it, or None if it was dead."""
+    async def _vet(self, entry: Entry, deadline: float, no_wait: bool, since: float) -> Any:
+        """Check a connection handed to us; return it, or None if it was dead.
+        (``since``: when the checkout began.)"""
         conn = entry.conn
         try:
             alive = self._probe(entry)
@@ -356,7 +357,7 @@ class AsyncPool:
             now = self.clock()
             at = now + self._check_timeout if no_wait else min(deadline, now + self._check_timeout)
             if at - now < MIN_CHECK_TIME:
-                plan = self.core.decline(entry, now, now - entry.taken_at)
+                plan = self.core.decline(entry, now, since)
                 self.carry_out(plan)
                 assert plan.error is not None
                 raise plan.error

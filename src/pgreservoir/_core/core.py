@@ -64,6 +64,7 @@ __all__ = [
     "CLEAN",
     "CLOSE",
     "DIRTY",
+    "HOLDER_CLOSED",
     "LIFETIME_JITTER",
     "Core",
 ]
@@ -87,6 +88,9 @@ CLOSE = 3
 # changed (autocommit, isolation level...). The shell puts them back, which
 # needs no round trip, and checks the connection in as CLEAN.
 RESTORE = 4
+# Closed by its holder (conn.close()): a quiet discard. Not a lost
+# connection: nothing says its siblings are dead.
+HOLDER_CLOSED = 5
 
 _OPENING = State.OPENING
 _IDLE = State.IDLE
@@ -111,8 +115,16 @@ _PACE = 0.5
 # checkouts too, whatever the scheduler does.
 _SPELL = 4
 
+# Most log lines kept for the next housekeeping (discards are bursts: a
+# server restart discards every connection at once).
+_LATER_MAX = 64
 # Discards that are routine, so not worth a log line.
-_QUIET = (CloseReason.POOL_CLOSED, CloseReason.ABANDONED, CloseReason.NOT_KEPT)
+_QUIET = (
+    CloseReason.POOL_CLOSED,
+    CloseReason.ABANDONED,
+    CloseReason.NOT_KEPT,
+    CloseReason.HOLDER_CLOSED,
+)
 
 
 class Core:
@@ -203,6 +215,9 @@ class Core:
         #: Whether close() was called; only close() sets it.
         self.closed = False
         self._started = False  # start() was called: background opens may be requested
+        # A forked child's pool: no opens (min_size refill included) until its
+        # first checkout, so that workers that never use it open nothing.
+        self._dormant = False
         # Connections handed out and then closed by the pool (close() gave up
         # waiting, or a fork disowned them): a late putconn() is accepted.
         self._forced: Dict[int, Entry] = {}
@@ -224,6 +239,12 @@ class Core:
         # hand-out: set when a connection turns out dead, because its
         # siblings probably died with it (server restart, network reset).
         self._suspect_before = -math.inf
+        # Log lines of discards, decided on whichever path (a caller's return
+        # or checkout too), carried out by the next housekeeping (the pool's
+        # own thread or task) so that no caller's thread logs; at most
+        # _LATER_MAX, then only counted.
+        self._later: List[Tuple[str, str]] = []
+        self._later_dropped = 0
         # Counters since the pool opened.
         self._requests = 0
         self._requests_waited = 0
@@ -233,7 +254,8 @@ class Core:
         self._closed_count = 0
         self._connect_errors = 0
         self._lost = 0
-        self._returns_broken = 0  # returned closed, broken or in an unknown state
+        self._returns_broken = 0  # returned broken or in an unknown state
+        self._returns_closed = 0  # returned closed by their holder
         self._cancelled = 0  # waiters that left the line interrupted or cancelled
         self._connect_seconds = 0.0  # spent in connects that succeeded
         self._leaked = 0
@@ -285,6 +307,7 @@ class Core:
             and not idle
             and not self._failing
             and not self.closed
+            and self._started
             and (
                 self._waiters
                 or not self._inline
@@ -326,6 +349,11 @@ class Core:
         plan = Plan()
         if not retry:
             self._requests += 1
+        if self._dormant:
+            # A forked child's first checkout: serve from now on, min_size too.
+            self._dormant = False
+            self._started = True
+            self._maybe_open(now, plan)
         if self._waiters and self._idle:
             self._serve_overdue(now, plan)
         entry = self._pop_idle(now, plan)
@@ -482,12 +510,17 @@ class Core:
             self._return(entry, now, plan, entry.last_used)
         return plan
 
-    def decline(self, entry: Entry, now: float, waited: float) -> Plan:
+    def decline(self, entry: Entry, now: float, since: float) -> Plan:
         """The caller has no time left for the round trip ``entry`` needs: it goes
-        back unchanged (the next taker checks it) and the caller times out."""
+        back unchanged (the next taker checks it) and the caller times out.
+
+        ``since``: when the caller's checkout began (its timeout runs from
+        there), so the PoolTimeout says how long it really waited, not how
+        long it held ``entry`` (a moment, when it was served at its deadline).
+        """
         plan = self.put_back(entry, now)
         self._timeouts += 1
-        plan.error = self._timeout_error(waited)
+        plan.error = self._timeout_error(max(0.0, now - since))
         return plan
 
     def mark_suspect(self, now: float) -> None:
@@ -575,6 +608,9 @@ class Core:
         elif verdict == BROKEN:
             self._returns_broken += 1
             self._discard(entry, CloseReason.BROKEN, now, plan)
+        elif verdict == HOLDER_CLOSED:
+            self._returns_closed += 1
+            self._discard(entry, CloseReason.HOLDER_CLOSED, now, plan)
         elif verdict == CLOSE:
             self._discard(entry, CloseReason.CALLER, now, plan)
         elif entry.expires <= now:
@@ -597,7 +633,7 @@ class Core:
             return plan
         self._reserved.discard(entry)
         if failure is not None:
-            plan.add("events", ("reset_failed", failure))
+            self._log_later("reset_failed", failure)
             self._discard(entry, CloseReason.RESET_FAILED, now, plan)
         else:
             self._return(entry, now, plan, now)
@@ -645,8 +681,25 @@ class Core:
             self._lost += 1
             self._suspect_before = now
         if reason not in _QUIET:
-            plan.add("events", ("closed", reason.value))
+            self._log_later("closed", reason.value)
         self._maybe_open(now, plan)
+
+    def _log_later(self, kind: str, detail: str) -> None:
+        """An event for the next housekeeping to log (see ``_later``)."""
+        if len(self._later) < _LATER_MAX:
+            self._later.append((kind, detail))
+        else:
+            self._later_dropped += 1
+
+    def _flush_later(self, plan: Plan) -> None:
+        """Move the events kept for later into ``plan``."""
+        if self._later:
+            for event in self._later:
+                plan.add("events", event)
+            self._later.clear()
+        if self._later_dropped:
+            plan.add("events", ("closed", f"{self._later_dropped} more connections"))
+            self._later_dropped = 0
 
     # ------------------------------------------------------------------
     # Opening connections
@@ -804,8 +857,10 @@ class Core:
     def housekeep(self, now: float) -> Plan:
         """Periodic work (every ``interval`` s): reap abandoned slots, report
         leaks, retire idle connections, keepalive pings, the idle-socket
-        probe, refill, and the reconnect_failed deadline."""
+        probe, refill, and the reconnect_failed deadline; log what was decided
+        since the last time (discards)."""
         plan = Plan()
+        self._flush_later(plan)
         if self.closed:
             return plan
         if self._collected:
@@ -964,10 +1019,6 @@ class Core:
                     ),
                 )
 
-    def note_collected(self, key: int) -> None:
-        """Weakref callback target: a handed-out connection was collected (no lock)."""
-        self._collected.append(key)
-
     # ------------------------------------------------------------------
     # Whole-pool operations
     # ------------------------------------------------------------------
@@ -1001,6 +1052,7 @@ class Core:
         if self.closed:
             return plan
         self.closed = True
+        self._flush_later(plan)
         while self._waiters:
             waiter = self._waiters.popleft()
             waiter.error = self._error(PoolClosed, "connection pool is closed")
@@ -1030,6 +1082,7 @@ class Core:
         thread: ``plan.interrupt``; that thread closes it when its step ends.
         """
         plan = Plan()
+        self._flush_later(plan)
         forced = 0
         for key, entry in list(self.in_use.items()):
             del self.in_use[key]
@@ -1053,7 +1106,9 @@ class Core:
         return plan
 
     def after_fork(self) -> Tuple[List[Any], List[Entry]]:
-        """In a forked child: forget every connection and start afresh.
+        """In a forked child: forget every connection and start afresh, opening
+        nothing until the first checkout (then ``min_size`` are requested, in
+        the plan of that checkout).
 
         Returns the connections the parent had (the child must make their
         sockets unreachable, not close them) and the tickets whose connect was
@@ -1078,11 +1133,15 @@ class Core:
         self._waiters = deque()
         self._collected[:] = []
         self._bg_opening = self._to_open = self._size = 0
+        if self._started and not self.closed:
+            self._started = False
+            self._dormant = True
         return conns, tickets
 
     def filled(self) -> bool:
-        """Whether ``min_size`` connections are open (for wait())."""
-        return self._size - len(self._opening) - self._to_open >= self.min_size
+        """Whether ``min_size`` connections are open (for wait()); a forked child's
+        pool before its first checkout opens nothing, so has nothing to wait for."""
+        return self._dormant or self._size - len(self._opening) - self._to_open >= self.min_size
 
     def fill_error(self, waited: float) -> PoolError:
         """The PoolTimeout of a wait() that ran out."""
@@ -1105,6 +1164,7 @@ class Core:
         Until then nothing is requested (a facade may fill the pool itself first)."""
         plan = Plan()
         self._started = True
+        self._dormant = False
         self._maybe_open(now, plan)
         return plan
 
@@ -1142,6 +1202,7 @@ class Core:
             wait_ms_total=round(self._waits.total_seconds * 1000.0, 3),
             connect_ms_total=round(self._connect_seconds * 1000.0, 3),
             returns_broken=self._returns_broken,
+            returns_closed=self._returns_closed,
             wait_ms_p50=self._waits.percentile_ms(0.50, unwaited),
             wait_ms_p99=self._waits.percentile_ms(0.99, unwaited),
             wait_ms_max=round(self._waits.max_seconds * 1000.0, 3),
@@ -1155,10 +1216,6 @@ class Core:
             f"{'closed' if self.closed else 'open'} size={g['size']}/{g['max_size']} "
             f"idle={g['idle']} in_use={g['in_use']} waiting={g['waiting']}"
         )
-
-    def failing_error(self) -> Optional[BaseException]:
-        """The last connect error while connecting is failing, else None."""
-        return self._last_error if self._failing else None
 
     def check_invariants(self) -> None:
         """Assert the invariants written above the state (for tests)."""

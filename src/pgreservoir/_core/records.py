@@ -21,7 +21,8 @@ class CloseReason(enum.Enum):
 
     EXPIRED = "max_lifetime reached"
     IDLE_SURPLUS = "idle longer than max_idle above min_size"
-    BROKEN = "returned broken, closed or in an unknown state"
+    BROKEN = "returned broken or in an unknown state"
+    HOLDER_CLOSED = "closed by its holder"
     DEAD = "found dead before hand-out"
     RESET_FAILED = "rollback, reset or settings restore failed"
     CALLER = "returned with close=True"

@@ -50,10 +50,15 @@ class Maintainer:
             self._thread.start()
 
     def wake(self) -> None:
-        """There is work (a connection to open): do it now."""
+        """There is work (a connection to open): do it now, starting the thread
+        if it is gone, or not started yet in a forked child."""
         self._wake.set()
         thread = self._thread
-        if thread is not None and not thread.is_alive() and not self._stopping:
+        if (
+            (thread is None or not thread.is_alive())
+            and not self._stopping
+            and self._shell._started
+        ):
             self.start()
 
     def stop(self, wait: float) -> None:

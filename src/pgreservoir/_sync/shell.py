@@ -186,7 +186,7 @@ class SyncPool:
         self, entry: Optional[Entry], plan: Optional[Plan], now: float, timeout: Optional[float]
     ) -> Any:
         wait = self.core.timeout if timeout is None else timeout
-        deadline = now + wait
+        since, deadline = now, now + wait
         while True:
             if plan is not None:
                 entry = self._take(plan, deadline)
@@ -194,7 +194,7 @@ class SyncPool:
                     assert plan.ticket is not None
                     return self._open_inline(plan.ticket)
             assert entry is not None
-            conn = self._vet(entry, deadline, wait <= 0)
+            conn = self._vet(entry, deadline, wait <= 0, since)
             if conn is not None:
                 return conn
             # It was dead (and is discarded): try again, at the head of the line.
@@ -282,8 +282,9 @@ class SyncPool:
         left = deadline - now
         return left > 0 and handle.acquire(True, min(left, threading.TIMEOUT_MAX))
 
-    def _vet(self, entry: Entry, deadline: float, no_wait: bool) -> Any:
-        """Check a connection handed to us; return it, or None if it was dead."""
+    def _vet(self, entry: Entry, deadline: float, no_wait: bool, since: float) -> Any:
+        """Check a connection handed to us; return it, or None if it was dead.
+        (``since``: when the checkout began.)"""
         conn = entry.conn
         try:
             alive = self._probe(entry)
@@ -298,7 +299,7 @@ class SyncPool:
             at = now + self._check_timeout if no_wait else min(deadline, now + self._check_timeout)
             if at - now < MIN_CHECK_TIME:
                 with self._lock:
-                    plan = self.core.decline(entry, now, now - entry.taken_at)
+                    plan = self.core.decline(entry, now, since)
                 self.carry_out(plan)
                 assert plan.error is not None
                 raise plan.error
@@ -755,7 +756,9 @@ class SyncPool:
         keep working. A connect in flight at the fork had no connection
         object yet; its socket is found among the descriptors it created.
         Only the forking thread survives a fork: the lock and the background
-        thread are replaced too.
+        thread are replaced too. Nothing is opened and no thread started until
+        the child's first checkout (the core's plan then asks for opens, and
+        waking the new maintainer starts its thread).
         """
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -773,8 +776,6 @@ class SyncPool:
                 for fd in stray_sockets(ticket.fds_before, self.driver.server_ports):
                     os.dup2(devnull, fd, inheritable=False)
         self._maintainer = Maintainer(self)
-        if self._started and not self.core.closed:
-            self.start()
 
 
 def _after_fork_in_child() -> None:

@@ -81,7 +81,7 @@ class Driver(Protocol):
 
     def verdict(self, conn: Any, baseline: Any) -> int:
         """Classify a returned connection, without I/O: CLEAN, RESTORE (see
-        :meth:`restore`), DIRTY or BROKEN."""
+        :meth:`restore`), DIRTY, BROKEN or HOLDER_CLOSED (closed by ``close()``)."""
 
     def restore(self, conn: Any, baseline: Any) -> None:
         """Put back the settings of ``baseline`` on an idle connection, without I/O."""
@@ -149,7 +149,8 @@ class AsyncDriver(Protocol):
         """The session settings to restore at every check-in."""
 
     def verdict(self, conn: Any, baseline: Any) -> int:
-        """Classify a returned connection, without I/O: CLEAN, DIRTY or BROKEN."""
+        """Classify a returned connection, without I/O: CLEAN, DIRTY, BROKEN or
+        HOLDER_CLOSED."""
 
     async def clean(self, conn: Any, baseline: Any) -> None:
         """Roll back and restore settings; raise if the connection is not reusable."""

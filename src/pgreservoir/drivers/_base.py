@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from typing import Any, Mapping, Optional, Tuple
+from typing import Any, Collection, Mapping, Optional, Tuple
 
-from ._conninfo import mask_dsn, parse_error, redact, secrets_of, server_ports
+from ._conninfo import mask_dsn, parse_error, pool_option_hint, redact, server_ports
 from ._sockets import Probe, make_probe, shutdown_fd
 
-__all__ = ["DriverBase", "is_lost_sqlstate"]
+__all__ = ["CLIENT_DEFAULTS", "DriverBase", "is_lost_sqlstate"]
+
+#: The attribute where the psycopg 3 drivers note a new connection's
+#: client-side defaults (``row_factory``, ``prepare_threshold``, after
+#: configure()), for :func:`pgreservoir.discard_all` to put back.
+CLIENT_DEFAULTS = "_pgreservoir_client_defaults"
 
 
 def is_lost_sqlstate(code: Optional[str]) -> bool:
@@ -29,24 +34,28 @@ def is_lost_sqlstate(code: Optional[str]) -> bool:
 class DriverBase(abc.ABC):
     """Display, redaction, socket operations, settings and the ping, for libpq drivers."""
 
-    __slots__ = ("_masked", "_secrets", "server_ports")
+    __slots__ = ("_masked", "server_ports")
 
     #: The session settings restored at check-in, as the driver spells them.
     SETTINGS: Tuple[str, ...] = ()
 
     def _adopt_options(self, merged: Mapping[str, Any]) -> None:
-        """Remember where connections go (masked) and which values are secret."""
+        """Remember where connections go (masked) and the server ports."""
         self._masked = mask_dsn(merged)
-        self._secrets = secrets_of(merged)
         self.server_ports = server_ports(merged)
 
     @staticmethod
-    def _invalid(message: str, source: Optional[str]) -> ValueError:
-        """The error for options libpq refused, quoting nothing that may be a secret."""
+    def _invalid(
+        message: str, source: Optional[str], names: Collection[str] = ()
+    ) -> ValueError:
+        """The error for options libpq refused, naming the option at fault and
+        quoting nothing that may be a secret. ``source``: the connection
+        string libpq parsed (None if it built one from keywords); ``names``:
+        the keyword arguments' names."""
         return ValueError(
-            f"invalid connection options: {parse_error(message, source)}; pass libpq "
-            "keywords (host, port, dbname, user, password, connect_timeout, ...) or a "
-            "valid connection string"
+            f"invalid connection options: {parse_error(message, source, names)}"
+            f"{pool_option_hint(message)}; pass libpq keywords (host, port, dbname, "
+            "user, password, connect_timeout, ...) or a valid connection string"
         )
 
     @abc.abstractmethod
@@ -89,4 +98,4 @@ class DriverBase(abc.ABC):
         return self._masked
 
     def redact(self, text: str) -> str:
-        return redact(text, self._secrets)
+        return redact(text)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from .._core import BROKEN, CLEAN, DIRTY, RESTORE
+from .._core import BROKEN, CLEAN, DIRTY, HOLDER_CLOSED, RESTORE
 from . import check_rows
 from ._base import DriverBase, is_lost_sqlstate
 from ._sockets import Probe
@@ -60,13 +60,19 @@ class Psycopg2Driver(DriverBase):
             dsn, args = args[0], args[1:]
         if dsn is not None and not isinstance(dsn, str):
             raise TypeError(f"the DSN must be a str, got {type(dsn).__name__}")
+        # From here on nothing may quote the DSN unmasked: it may hold a password.
         try:
+            if dsn is not None:
+                psycopg2.extensions.parse_dsn(dsn)
+        except psycopg2.ProgrammingError as exc:
+            raise self._invalid(str(exc), dsn) from None
+        try:
+            # The DSN is valid: what libpq refuses now came from the keywords.
             merged = psycopg2.extensions.parse_dsn(
                 psycopg2.extensions.make_dsn(dsn, **libpq_kwargs)
             )
         except psycopg2.ProgrammingError as exc:
-            # From here on nothing may quote the DSN: it may hold a password.
-            raise self._invalid(str(exc), dsn) from None
+            raise self._invalid(str(exc), None, libpq_kwargs) from None
         for key, value in (defaults or {}).items():
             if key not in merged:
                 kwargs[key] = value
@@ -113,8 +119,10 @@ class Psycopg2Driver(DriverBase):
     # -- check-in ------------------------------------------------------------
 
     def verdict(self, conn: Any, baseline: Any) -> int:
-        if conn.closed:
-            return BROKEN
+        closed = conn.closed
+        if closed:
+            # 1: closed by close(); 2: the connection broke (libpq lost it).
+            return HOLDER_CLOSED if closed == 1 else BROKEN
         # get_transaction_status() is a plain C call; conn.info allocates an object.
         status = conn.get_transaction_status()
         if status == 0:  # TRANSACTION_STATUS_IDLE
@@ -194,6 +202,6 @@ class Psycopg2Driver(DriverBase):
     def is_disconnect(self, exc: BaseException, conn: Any) -> bool:
         if not isinstance(exc, self._psycopg2.Error):
             return False
-        if conn is not None and conn.closed:
+        if conn is not None and conn.closed == 2:  # broken; 1 is a close() by its holder
             return True
         return is_lost_sqlstate(getattr(exc, "pgcode", None))

@@ -7,10 +7,10 @@ import contextlib
 import inspect
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from .._core import BROKEN, CLEAN, DIRTY, RESTORE
+from .._core import BROKEN, CLEAN, DIRTY, HOLDER_CLOSED, RESTORE
 from . import check_rows
-from ._base import DriverBase, is_lost_sqlstate
-from ._conninfo import secrets_of, server_ports
+from ._base import CLIENT_DEFAULTS, DriverBase, is_lost_sqlstate
+from ._conninfo import server_ports
 from ._sockets import Probe
 
 __all__ = ["AsyncPsycopgDriver", "PsycopgDriver"]
@@ -101,7 +101,6 @@ class _PsycopgBase(DriverBase):
             self._conninfo: Any = conninfo
             self._kwargs: Any = connect_kwargs
             self._masked = f"(connection parameters from {_name_of(conninfo, connect_kwargs)})"
-            self._secrets = ()
             self.server_ports = ()
         else:
             self._conninfo, self._kwargs = self._complete(conninfo, connect_kwargs)
@@ -121,16 +120,13 @@ class _PsycopgBase(DriverBase):
             # conninfo_to_dict accepts any keyword; libpq's parser knows the real ones.
             psycopg.conninfo.make_conninfo("", **merged)
         except psycopg.ProgrammingError as exc:
-            raise self._invalid(str(exc), conninfo) from None
+            raise self._invalid(str(exc), conninfo, libpq) from None
         for key, value in self._defaults.items():
             if key not in merged:
                 kwargs[key] = value
                 merged[key] = value
         if self._dynamic:
-            # Remember every secret seen, for redaction; the latest ports, for fork.
-            secrets = set(self._secrets) | set(secrets_of(merged))
-            self._secrets = tuple(secrets)
-            self.server_ports = server_ports(merged)
+            self.server_ports = server_ports(merged)  # the latest, for fork
         else:
             self._adopt_options(merged)
         return conninfo or "", kwargs
@@ -172,11 +168,17 @@ class _PsycopgBase(DriverBase):
         # psycopg's `with conn:` closes the connection unless it knows a pool.
         conn._pool = owner
 
+    def snapshot(self, conn: Any) -> Any:
+        # Once per connection: what a reset (discard_all) puts back client-side.
+        with contextlib.suppress(AttributeError):
+            setattr(conn, CLIENT_DEFAULTS, (conn.row_factory, conn.prepare_threshold))
+        return super().snapshot(conn)
+
     # -- check-in ------------------------------------------------------------
 
     def verdict(self, conn: Any, baseline: Any) -> int:
-        if conn.closed or conn.broken:
-            return BROKEN
+        if conn.closed:  # broken (lost), or closed by its holder
+            return BROKEN if conn.broken else HOLDER_CLOSED
         status = conn.pgconn.transaction_status
         if status == _IDLE:
             if (
@@ -241,7 +243,7 @@ class _PsycopgBase(DriverBase):
     def is_disconnect(self, exc: BaseException, conn: Any) -> bool:
         if not isinstance(exc, self._psycopg.Error):
             return False
-        if conn is not None and (conn.closed or conn.broken):
+        if conn is not None and conn.broken:  # closed, not by close()
             return True
         return is_lost_sqlstate(getattr(exc, "sqlstate", None))
 

@@ -235,7 +235,7 @@ class PoolBase:
             "requests_wait_ms": float(s["wait_ms_total"]),
             "requests_errors": float(s["timeouts"] + s["rejected"] + s["requests_cancelled"]),
             "usage_ms": self._usage * 1000.0,
-            "returns_bad": float(s["returns_broken"]),
+            "returns_bad": float(s["returns_broken"] + s["returns_closed"]),
             "connections_num": float(s["connections_opened"] + s["connect_errors"]),
             "connections_ms": float(s["connect_ms_total"]),
             "connections_errors": float(s["connect_errors"]),
