@@ -16,6 +16,7 @@ bounded: by the caller's deadline and by ``check_timeout``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
@@ -156,31 +157,39 @@ class SyncPool:
         if timeout is not None and (type(timeout) is not float or not timeout >= 0.0):
             timeout = check_seconds("timeout", timeout)
         now = self._clock()
-        # acquire()/try/finally rather than `with`: on CPython 3.11 the
-        # context-manager protocol of a Lock costs twice the lock itself.
-        lock = self._lock
-        lock.acquire()
+        got: Any = None
         try:
-            got = self._checkout(now, timeout)
-        finally:
-            lock.release()
-        if type(got) is Entry:
+            # `with`, never acquire() then try: a signal handler raising in
+            # between would leave the lock held for good. The core's answer is
+            # stored before the lock is released, so an exception from here on
+            # gives back what we were handed (see the module notes).
+            with self._lock:
+                got = self._checkout(now, timeout)
             # The fast path: an idle connection. One system call tells whether
             # the server has hung up on it since it came back.
-            try:
-                if got.vet == PROBE and not got.probe(0):  # type: ignore[misc]
-                    conn = got.conn
-                    got.conn = None  # ours no more: held by the caller (weakref only)
-                    return conn
-            except BaseException:
-                self._hand_back(got)
-                raise
+            if type(got) is Entry and got.vet == PROBE and not got.probe(0):  # type: ignore[misc]
+                conn = got.conn
+                got.conn = None  # ours no more: held by the caller (weakref only)
+                return conn
+        except BaseException:
+            self._abandon_answer(got)
+            raise
+        if type(got) is Entry:
             return self._acquire_slow(got, None, now, timeout)
         if type(got) is tuple:  # refused, nothing else to do
             if refusal:
                 return got
             raise self.core.refused(got)  # no local holds it: no cycle (errors.throw)
-        return self._acquire_slow(None, got, now, timeout)  # type: ignore[arg-type]
+        return self._acquire_slow(None, got, now, timeout)
+
+    def _abandon_answer(self, got: Any) -> None:
+        """An exception landed before we acted on checkout()'s answer: give it back."""
+        if type(got) is Entry:
+            if got.conn is not None:  # not yet handed to the caller
+                self._hand_back(got)
+        elif type(got) is Plan:
+            self._abandon_checkout(got)
+            self.carry_out(got)
 
     def _acquire_slow(
         self, entry: Optional[Entry], plan: Optional[Plan], now: float, timeout: Optional[float]
@@ -390,18 +399,25 @@ class SyncPool:
                 verdict = self._restore(conn, entry.baseline)
             elif verdict == CLEAN and self._reset is not None:
                 verdict = DIRTY
-        lock = self._lock
-        lock.acquire()
+        got: Any = None
         try:
-            got = self._checkin(entry, conn, verdict, now)
-        finally:
-            lock.release()
-        if got is None:
-            return
-        if type(got) is Waiter:
-            got.handle.release()
-            return
-        self._release_slow(got)  # type: ignore[arg-type]
+            with self._lock:  # never acquire() then try: see acquire()
+                got = self._checkin(entry, conn, verdict, now)
+            if got is None:
+                return
+            if type(got) is Waiter:
+                got.handle.release()
+                return
+        except BaseException:
+            if type(got) is Waiter:
+                with contextlib.suppress(RuntimeError):  # already released
+                    got.handle.release()
+            elif type(got) is Plan:
+                if got.clean is not None:
+                    self._finish_clean(got.clean, "interrupted")
+                self.carry_out(got)
+            raise
+        self._release_slow(got)
 
     def _restore(self, conn: Any, baseline: Any) -> int:
         """Settings changed on an idle connection: put them back here (no I/O,
