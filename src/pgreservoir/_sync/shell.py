@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 import weakref
-from typing import Any, Callable, Optional, Tuple, Union
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 from .._core import (
     BROKEN,
@@ -624,15 +624,38 @@ class SyncPool:
                 self._reconnect_failed()
             except BaseException as exc:
                 self._background_failed("the reconnect_failed callback", exc)
-        for entry in plan.check:  # keepalive: a round trip each
-            self._check(entry, ping=True)
+        self._check_in_threads(plan.check, ping=True)  # keepalive: a round trip each
         found = [(e, taken_at) for e, taken_at in plan.poll if self._readable(e)]
         if found:
             with self._lock:
                 suspects = self.core.suspect(found, self._clock())
             self.carry_out(suspects)
-            for entry in suspects.check:
-                self._check(entry, ping=False)
+            self._check_in_threads(suspects.check, ping=False)
+
+    def _check_in_threads(self, entries: Sequence[Entry], *, ping: bool) -> List[threading.Thread]:
+        """Check each entry in a thread of its own; the threads started.
+
+        A ping on a dead link (a NAT or firewall that dropped it) waits up to
+        check_timeout: run one after the other in the maintenance thread, the
+        checks would add up, and the connects that thread starts would wait
+        for all of them.
+        """
+        threads = []
+        for entry in entries:
+            thread = threading.Thread(
+                target=self._check,
+                args=(entry,),
+                kwargs={"ping": ping},
+                name=f"pgreservoir-{self.name}-check",
+                daemon=True,
+            )
+            try:
+                thread.start()
+            except RuntimeError:  # "can't start new thread": check it here
+                self._check(entry, ping=ping)
+            else:
+                threads.append(thread)
+        return threads
 
     @staticmethod
     def _readable(entry: Entry) -> bool:
@@ -716,8 +739,9 @@ class SyncPool:
         with self._lock:
             plan = self.core.check_all(self._clock())
         self.carry_out(plan)
-        for entry in plan.check:
-            self._check(entry, ping=True)
+        # Side by side, as keepalives: each is bounded by check_timeout.
+        for thread in self._check_in_threads(plan.check, ping=True):
+            thread.join()
 
     def drain(self) -> None:
         """Replace every connection: idle ones now, those in use when they come back."""
