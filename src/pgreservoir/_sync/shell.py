@@ -6,12 +6,22 @@ carry out exactly the plan the core returned. The shell never decides
 anything on its own and never acts on state it reads later.
 
 Exceptions (a signal handler's, KeyboardInterrupt, a soft time limit) can
-land anywhere in a caller's thread. Whatever the caller holds at that moment
-(a place in line, a connection being checked, a slot being opened or a
-connection being cleaned) is handed back to the core before the exception
-propagates, so a slot is never lost. Every round trip the pool makes on its
-own account (checkout ping, rollback at return, ``reset()``, keepalive) is
-bounded: by the caller's deadline and by ``check_timeout``.
+land anywhere in a caller's thread: CPython runs signal handlers in the main
+thread after a C call returns, at a function's start and at loop jumps.
+The lock is only ever taken with ``with`` (which checks for none between
+taking the lock and entering the block, and releases it whatever happens),
+so it is never left held. Whatever the caller holds (a place in line, a
+connection being checked, a slot being opened or a connection being cleaned)
+is handed back to the core before the exception propagates; a core answer is
+stored before the lock is released, inside the try that gives it back. What
+remains (an exception at the entry of a step, inside a core call, or inside
+the handler itself) strands a slot that nothing but the core references: the
+core's housekeeping frees it (``Core._recover``), so no slot is lost for
+longer than one housekeeping interval after the exception is gone.
+
+Every round trip the pool makes on its own account (checkout ping, rollback
+at return, ``reset()``, keepalive) is bounded: by the caller's deadline and
+by ``check_timeout``.
 """
 
 from __future__ import annotations
