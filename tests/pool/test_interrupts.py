@@ -20,6 +20,7 @@ import signal
 import threading
 import time
 import traceback
+import weakref
 from typing import Any, Callable, Dict, List, Optional
 
 import pgreservoir
@@ -58,7 +59,9 @@ class Harness:
         self.terminate = terminate
         self.stop = threading.Event()
         self.problems: List[str] = []
-        self._held: Dict[int, Any] = {}  # id(conn) -> conn, for the double hand-out check
+        # id(conn) -> conn, for the double hand-out check. Weak: a second
+        # exception in this bookkeeping must not keep a dropped connection alive.
+        self._held: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
         self._held_lock = threading.Lock()
         # Start time of each worker's call in progress (None: between calls).
         self.calls: Dict[str, Optional[float]] = {}
@@ -67,7 +70,7 @@ class Harness:
 
     def _take(self, conn: Any) -> None:
         with self._held_lock:
-            if id(conn) in self._held:
+            if self._held.get(id(conn)) is conn:
                 self.problems.append(f"connection {id(conn):#x} handed out twice")
             self._held[id(conn)] = conn
 
