@@ -963,7 +963,9 @@ class Core:
         ticket nobody holds, a waiter whose thread left, and a count that no
         container backs are each a stranded slot, freed here.
         """
-        # (No loop variable outlives its loop here: it would count as a holder.)
+        # (A comprehension: a loop variable of this frame still bound during a
+        # scan below would count as a holder of its entry. Those of the loops
+        # below hold only entries already freed.)
         self._collected.extend(  # _reap_collected frees them
             [e.key for e in self.in_use.values() if e.conn is None and e.ref and e.ref() is None]
         )
