@@ -6,12 +6,15 @@ import pickle
 import random
 import threading
 import time
+import weakref
 from typing import Any, Callable, Dict, List
 
 import psycopg2.pool
 import pytest
 
 from pgreservoir import PoolClosed, PoolError, PoolTimeout, TooManyRequests
+from pgreservoir._core import DIRTY
+from pgreservoir._core.records import State
 from pgreservoir._sync.shell import SyncPool
 from pgreservoir.stats import WaitHistogram
 
@@ -721,3 +724,126 @@ def test_many_threads_with_a_window_never_double_hand_out_or_lose_a_slot(window:
     assert stats["size"] == 3
     check_invariant(engine)
     engine.close(5.0)
+
+
+# ---------------------------------------------------------------------------
+# Issue 15: slots stranded by an exception a signal handler raised
+# ---------------------------------------------------------------------------
+# Each test strands a slot as an exception landing in that window would:
+# it calls the core as the shell does and drops what it got.
+
+
+def _housekeep_until(engine: SyncPool, predicate: Callable[[], bool], what: str) -> None:
+    """Run housekeeping until ``predicate()``: the maintenance thread's own pass
+    may hold an entry for a moment (its idle-socket probe list), so one pass
+    alone may find it still referenced."""
+
+    def done() -> bool:
+        engine.housekeep()
+        return predicate()
+
+    wait_until(done, what)
+
+
+def _strand_checkout(engine: SyncPool) -> Any:
+    """A checkout whose answer (an entry still holding its connection) is
+    dropped; a weak reference to that connection."""
+    with engine._lock:
+        got: Any = engine.core.checkout(engine.clock(), 1.0)
+    assert type(got).__name__ == "Entry"
+    assert got.conn is not None
+    return weakref.ref(got.conn)
+
+
+def test_an_entry_stranded_between_checkout_and_hand_out_is_freed() -> None:
+    driver = FakeDriver()
+    engine = make_shell(driver, min_size=1, max_size=1)
+    engine.wait(DEADLINE)
+    stranded = _strand_checkout(engine)
+    _housekeep_until(engine, lambda: engine.stats()["in_use"] == 0, "the entry freed")
+    stats = engine.stats()
+    assert stats["in_use"] == 0
+    assert stats["size"] + stats["opening"] >= 1
+    assert stranded() is None
+    # Closed by the pool, not left to the collector:
+    assert ("closed", "a check or clean-up of it was interrupted") in engine.events  # type: ignore[attr-defined]
+    check_invariant(engine)
+    conn = engine.acquire(DEADLINE)  # the only slot serves again
+    engine.release(conn)
+    engine.close(0.0)
+
+
+def test_an_entry_whose_holder_lives_is_not_freed() -> None:
+    engine = make_shell(min_size=1, max_size=1)
+    engine.wait(DEADLINE)
+    with engine._lock:
+        held: Any = engine.core.checkout(engine.clock(), 1.0)
+    engine.housekeep()
+    assert engine.stats()["in_use"] == 1
+    assert held.conn is not None
+    assert not held.conn.closed
+    engine._hand_back(held)
+    assert engine.stats()["idle"] == 1
+    check_invariant(engine)
+    engine.close(0.0)
+
+
+def test_a_clean_up_stranded_before_it_started_is_freed() -> None:
+    engine = make_shell(min_size=1, max_size=1)
+    engine.wait(DEADLINE)
+    conn = engine.acquire(DEADLINE)
+    conn.in_transaction = True  # DIRTY: the core reserves it for a clean-up
+    entry = engine.entry_of(conn)
+    with engine._lock:
+        plan: Any = engine.core.checkin(entry, conn, DIRTY, engine.clock())
+    assert plan.clean is not None
+    del plan, entry
+    _housekeep_until(engine, lambda: bool(conn.closed), "the reserved entry freed")
+    check_invariant(engine)
+    got = engine.acquire(DEADLINE)
+    assert got is not conn
+    assert conn.closed
+    engine.release(got)
+    engine.close(0.0)
+
+
+def test_a_waiter_whose_thread_left_is_taken_out_of_line() -> None:
+    engine = make_shell(min_size=1, max_size=1)
+    engine.wait(DEADLINE)
+    conn = engine.acquire(DEADLINE)
+    with engine._lock:
+        plan: Any = engine.core.checkout(engine.clock(), 5.0)
+    assert plan.waiter is not None
+    del plan
+    _housekeep_until(engine, lambda: engine.stats()["waiting"] == 0, "the waiter freed")
+    engine.release(conn)  # to idle, not to a caller who is gone
+    assert engine.stats()["idle"] == 1
+    engine.close(0.0)
+
+
+def test_a_slot_lost_from_every_container_mid_call_is_counted_out() -> None:
+    engine = make_shell(min_size=1, max_size=1)
+    engine.wait(DEADLINE)
+    with engine._lock:
+        engine.core._idle.pop()  # an exception right after this, inside checkout()
+    engine.housekeep()
+    check_invariant(engine)
+    conn = engine.acquire(DEADLINE)
+    engine.release(conn)
+    engine.close(0.0)
+
+
+def test_a_waiter_taken_out_of_line_by_a_cut_short_call_times_out() -> None:
+    engine = make_shell(min_size=1, max_size=1)
+    engine.wait(DEADLINE)
+    conn = engine.acquire(DEADLINE)
+    with engine._lock:
+        plan: Any = engine.core.checkout(engine.clock(), 5.0)
+        engine.core._waiters.popleft()  # _hand_off() cut short after this
+        # ... and a connection idle (as within a barging window).
+        entry = engine.core.in_use.pop(id(conn))
+        entry.conn, entry.state = conn, State.IDLE
+        engine.core._idle.append(entry)
+    with pytest.raises(PoolTimeout):
+        engine._wait(plan.waiter, engine.clock())
+    engine.close(0.0)

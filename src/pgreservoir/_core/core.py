@@ -44,9 +44,9 @@ Design notes
 
 from __future__ import annotations
 
-import functools
 import math
 import random
+import sys
 import weakref
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple, Type, Union
@@ -225,7 +225,7 @@ class Core:
         # by weakref callbacks, which may run at any time (even in the middle
         # of a core call, when a collection triggers): list.append is atomic
         # and needs no lock; housekeep() drains it.
-        self._collected: List[int] = []
+        self._collected: List[Any] = []  # their KeyedRefs (or keys: note_collected)
         # Connecting: failure run, backoff, fail-fast probe.
         self._last_error: Optional[BaseException] = None
         self._last_detail = ""  # its text, as the shell described it (secrets masked)
@@ -438,14 +438,18 @@ class Core:
             if not interrupted:
                 plan.error = waiter.error
             return plan
-        if not interrupted and self._idle:
+        # (Out of line already if an exception cut short the call serving it:
+        # see _recover. It times out all the same.)
+        in_line = waiter in self._waiters
+        if not interrupted and self._idle and in_line:
             # Passed within the barging window until its time ran out: it is
             # served (after anyone older) rather than timed out.
             self._serve_idle(waiter, now, plan)
             if waiter.entry is not None:
                 plan.entry = waiter.entry
                 return plan
-        self._waiters.remove(waiter)
+        if in_line:
+            self._waiters.remove(waiter)
         waited = now - waiter.since
         self._waits.record(waited)
         if interrupted:
@@ -461,7 +465,7 @@ class Core:
         shell then reads ``waiter.entry`` (served; it is not woken) or
         ``waiter.error``, or waits on; ``plan`` wakes the older ones served."""
         plan = Plan()
-        if waiter.entry is None and waiter.error is None:
+        if waiter.entry is None and waiter.error is None and waiter in self._waiters:
             self._serve_idle(waiter, now, plan)
         return plan
 
@@ -787,9 +791,9 @@ class Core:
         lifetime = self._max_lifetime * (1.0 - LIFETIME_JITTER * self._random())
         ticket.expires = now + lifetime
         ticket.last_used = ticket.checked_at = ticket.created = now
-        ticket.ref = weakref.ref(
-            ticket.conn, functools.partial(_note_collected, self._collected, ticket.key)
-        )
+        # The callback is a C method, so no signal handler can run (and raise)
+        # inside it: the note that frees the slot cannot be lost.
+        ticket.ref = weakref.KeyedRef(ticket.conn, self._collected.append, ticket.key)
         if self.closed:
             self._discard(ticket, CloseReason.POOL_CLOSED, now, plan)
             if ticket.for_caller:
@@ -863,6 +867,7 @@ class Core:
         self._flush_later(plan)
         if self.closed:
             return plan
+        self._recover(now, plan)
         if self._collected:
             self._reap_collected(now, plan)
         if self._leak_threshold is not None:
@@ -978,8 +983,9 @@ class Core:
 
     def _reap_collected(self, now: float, plan: Plan) -> None:
         """Free the slots of connections garbage-collected while handed out."""
-        keys, self._collected[:] = self._collected[:], []
-        for key in keys:
+        notes, self._collected[:] = self._collected[:], []
+        for note in notes:
+            key = note if type(note) is int else note.key
             entry = self.in_use.get(key)
             # The id may already belong to a new connection: check the ref.
             if entry is not None and entry.ref is not None and entry.ref() is None:
@@ -999,6 +1005,50 @@ class Core:
                 entry.ref = None
                 self._size -= 1
                 self._closed_count += 1
+        self._maybe_open(now, plan)
+
+    def _recover(self, now: float, plan: Plan) -> None:
+        """Free what an exception raised asynchronously (a signal handler's) stranded.
+
+        Such an exception can cut short a shell's step, or a core call itself,
+        at almost any point; whatever that step held is then referenced by
+        nothing but the core (once the exception and its traceback are gone).
+        Housekeeping runs between core calls, when every invariant must hold:
+        so a connection handed out and collected without its note, an entry or
+        ticket nobody holds, a waiter whose thread left, and a count that no
+        container backs are each a stranded slot, freed here.
+        """
+        # (A comprehension: a loop variable of this frame still bound during a
+        # scan below would count as a holder of its entry. Those of the loops
+        # below hold only entries already freed.)
+        self._collected.extend(  # _reap_collected frees them
+            [e.key for e in self.in_use.values() if e.conn is None and e.ref and e.ref() is None]
+        )
+        if _unheld is not None:
+            for entry in _unheld([e for e in self.in_use.values() if e.conn is not None], 1):
+                del self.in_use[entry.key]
+                self._discard(entry, CloseReason.INTERRUPTED, now, plan)
+            for entry in _unheld(list(self._reserved), 1):
+                self._reserved.discard(entry)
+                self._discard(entry, CloseReason.INTERRUPTED, now, plan)
+            for ticket in _unheld(list(self._opening), 1):
+                self._end_open(ticket)
+                if ticket.conn is not None:
+                    plan.add("close", ticket)
+                ticket.state = _CLOSED
+                self._size -= 1
+            for waiter in _unheld(list(self._waiters), 1):
+                self._waiters.remove(waiter)
+                self._cancelled += 1
+        held = (
+            len(self._idle)
+            + len(self.in_use)
+            + len(self._reserved)
+            + len(self._opening)
+            + self._to_open
+        )
+        self._size = min(self._size, held)  # lower if lost from every container mid-call
+        self._bg_opening = sum(1 for t in self._opening if not t.inline)
         self._maybe_open(now, plan)
 
     def _report_leaks(self, now: float, plan: Plan) -> None:
@@ -1314,13 +1364,28 @@ def _timeout_notes(
     return notes
 
 
-def _note_collected(collected: List[int], key: int, ref: Any) -> None:
-    """Weakref callback: a handed-out connection was garbage-collected (no lock taken)."""
-    collected.append(key)
-
-
 def format_stack(stack: Any) -> str:
     """A captured stack (file, line, function tuples, innermost first) as text."""
     if not stack:
         return "  (not recorded)"
     return "".join(f'  File "{f}", line {n}, in {name}\n' for f, n, name in reversed(stack))
+
+
+def _refcounts(items: List[Any]) -> List[int]:
+    return [sys.getrefcount(item) for item in items]
+
+
+def _find_unheld(items: List[Any], holders: int) -> List[Any]:
+    """The items of ``items`` that nothing references but ``holders`` containers
+    (the list passed in aside)."""
+    limit = _BASE + holders
+    return [item for item in items if sys.getrefcount(item) <= limit]
+
+
+# What sys.getrefcount reports, in _find_unheld, for an item that only the list
+# passed in references (measured: it varies between CPython versions).
+_BASE = max(_refcounts([object()]))
+#: None where reference counts are not available (not CPython).
+_unheld: Optional[Callable[[List[Any], int], List[Any]]] = (
+    _find_unheld if hasattr(sys, "getrefcount") else None
+)

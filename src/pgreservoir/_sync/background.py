@@ -8,7 +8,9 @@ connecting fails, with the core's backoff between failures). Connecting in
 threads of their own means a connect that hangs (a paused server, a
 black-holed network: up to ``connect_timeout``) delays nothing else, and
 ``close()`` need not wait for it: when it returns, its thread closes what it
-got and ends.
+got and ends. Keepalive and suspect checks get a short-lived thread each too
+(``SyncPool._check_in_threads``): a ping on a dead link waits up to
+``check_timeout``, and neither the other checks nor a connect wait for it.
 
 The thread never dies of an exception: every step is guarded, failures are
 logged at ERROR and the loop carries on; if it is gone anyway, the next

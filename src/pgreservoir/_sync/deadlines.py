@@ -21,9 +21,9 @@ import itertools
 import os
 import threading
 import time
-from typing import Callable, Iterator, List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
-__all__ = ["Deadline", "bounded", "watchdog"]
+__all__ = ["Deadline", "watchdog"]
 
 
 class Deadline:
@@ -114,14 +114,3 @@ watchdog = Watchdog()
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=watchdog._after_fork_in_child)
-
-
-@contextlib.contextmanager
-def bounded(at: float, interrupt: Callable[[], None]) -> Iterator[Deadline]:
-    """Run the block with ``interrupt()`` armed for ``at``; yields the deadline,
-    whose ``fired`` tells afterwards whether it was interrupted."""
-    deadline = watchdog.arm(at, interrupt)
-    try:
-        yield deadline
-    finally:
-        watchdog.disarm(deadline)

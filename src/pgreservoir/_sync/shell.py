@@ -6,23 +6,34 @@ carry out exactly the plan the core returned. The shell never decides
 anything on its own and never acts on state it reads later.
 
 Exceptions (a signal handler's, KeyboardInterrupt, a soft time limit) can
-land anywhere in a caller's thread. Whatever the caller holds at that moment
-(a place in line, a connection being checked, a slot being opened or a
-connection being cleaned) is handed back to the core before the exception
-propagates, so a slot is never lost. Every round trip the pool makes on its
-own account (checkout ping, rollback at return, ``reset()``, keepalive) is
-bounded: by the caller's deadline and by ``check_timeout``.
+land anywhere in a caller's thread: CPython runs signal handlers in the main
+thread after a C call returns, at a function's start and at loop jumps.
+The lock is only ever taken with ``with`` (which checks for none between
+taking the lock and entering the block, and releases it whatever happens),
+so it is never left held. Whatever the caller holds (a place in line, a
+connection being checked, a slot being opened or a connection being cleaned)
+is handed back to the core before the exception propagates; a core answer is
+stored before the lock is released, inside the try that gives it back. What
+remains (an exception at the entry of a step, inside a core call, or inside
+the handler itself) strands a slot that nothing but the core references: the
+core's housekeeping frees it (``Core._recover``), so no slot is lost for
+longer than one housekeeping interval after the exception is gone.
+
+Every round trip the pool makes on its own account (checkout ping, rollback
+at return, ``reset()``, keepalive) is bounded: by the caller's deadline and
+by ``check_timeout``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
 import threading
 import time
 import weakref
-from typing import Any, Callable, Optional, Tuple, Union
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 from .._core import (
     BROKEN,
@@ -156,31 +167,39 @@ class SyncPool:
         if timeout is not None and (type(timeout) is not float or not timeout >= 0.0):
             timeout = check_seconds("timeout", timeout)
         now = self._clock()
-        # acquire()/try/finally rather than `with`: on CPython 3.11 the
-        # context-manager protocol of a Lock costs twice the lock itself.
-        lock = self._lock
-        lock.acquire()
+        got: Any = None
         try:
-            got = self._checkout(now, timeout)
-        finally:
-            lock.release()
-        if type(got) is Entry:
+            # `with`, never acquire() then try: a signal handler raising in
+            # between would leave the lock held for good. The core's answer is
+            # stored before the lock is released, so an exception from here on
+            # gives back what we were handed (see the module notes).
+            with self._lock:
+                got = self._checkout(now, timeout)
             # The fast path: an idle connection. One system call tells whether
             # the server has hung up on it since it came back.
-            try:
-                if got.vet == PROBE and not got.probe(0):  # type: ignore[misc]
-                    conn = got.conn
-                    got.conn = None  # ours no more: held by the caller (weakref only)
-                    return conn
-            except BaseException:
-                self._hand_back(got)
-                raise
+            if type(got) is Entry and got.vet == PROBE and not got.probe(0):  # type: ignore[misc]
+                conn = got.conn
+                got.conn = None  # ours no more: held by the caller (weakref only)
+                return conn
+        except BaseException:
+            self._abandon_answer(got)
+            raise
+        if type(got) is Entry:
             return self._acquire_slow(got, None, now, timeout)
         if type(got) is tuple:  # refused, nothing else to do
             if refusal:
                 return got
             raise self.core.refused(got)  # no local holds it: no cycle (errors.throw)
-        return self._acquire_slow(None, got, now, timeout)  # type: ignore[arg-type]
+        return self._acquire_slow(None, got, now, timeout)
+
+    def _abandon_answer(self, got: Any) -> None:
+        """An exception landed before we acted on checkout()'s answer: give it back."""
+        if type(got) is Entry:
+            if got.conn is not None:  # not yet handed to the caller
+                self._hand_back(got)
+        elif type(got) is Plan:
+            self._abandon_checkout(got)
+            self.carry_out(got)
 
     def _acquire_slow(
         self, entry: Optional[Entry], plan: Optional[Plan], now: float, timeout: Optional[float]
@@ -391,18 +410,25 @@ class SyncPool:
                 verdict = self._restore(conn, entry.baseline)
             elif verdict == CLEAN and self._reset is not None:
                 verdict = DIRTY
-        lock = self._lock
-        lock.acquire()
+        got: Any = None
         try:
-            got = self._checkin(entry, conn, verdict, now)
-        finally:
-            lock.release()
-        if got is None:
-            return
-        if type(got) is Waiter:
-            got.handle.release()
-            return
-        self._release_slow(got)  # type: ignore[arg-type]
+            with self._lock:  # never acquire() then try: see acquire()
+                got = self._checkin(entry, conn, verdict, now)
+            if got is None:
+                return
+            if type(got) is Waiter:
+                got.handle.release()
+                return
+        except BaseException:
+            if type(got) is Waiter:
+                with contextlib.suppress(RuntimeError):  # already released
+                    got.handle.release()
+            elif type(got) is Plan:
+                if got.clean is not None:
+                    self._finish_clean(got.clean, "interrupted")
+                self.carry_out(got)
+            raise
+        self._release_slow(got)
 
     def _restore(self, conn: Any, baseline: Any) -> int:
         """Settings changed on an idle connection: put them back here (no I/O,
@@ -609,15 +635,38 @@ class SyncPool:
                 self._reconnect_failed()
             except BaseException as exc:
                 self._background_failed("the reconnect_failed callback", exc)
-        for entry in plan.check:  # keepalive: a round trip each
-            self._check(entry, ping=True)
+        self._check_in_threads(plan.check, ping=True)  # keepalive: a round trip each
         found = [(e, taken_at) for e, taken_at in plan.poll if self._readable(e)]
         if found:
             with self._lock:
                 suspects = self.core.suspect(found, self._clock())
             self.carry_out(suspects)
-            for entry in suspects.check:
-                self._check(entry, ping=False)
+            self._check_in_threads(suspects.check, ping=False)
+
+    def _check_in_threads(self, entries: Sequence[Entry], *, ping: bool) -> List[threading.Thread]:
+        """Check each entry in a thread of its own; the threads started.
+
+        A ping on a dead link (a NAT or firewall that dropped it) waits up to
+        check_timeout: run one after the other in the maintenance thread, the
+        checks would add up, and the connects that thread starts would wait
+        for all of them.
+        """
+        threads = []
+        for entry in entries:
+            thread = threading.Thread(
+                target=self._check,
+                args=(entry,),
+                kwargs={"ping": ping},
+                name=f"pgreservoir-{self.name}-check",
+                daemon=True,
+            )
+            try:
+                thread.start()
+            except RuntimeError:  # "can't start new thread": check it here
+                self._check(entry, ping=ping)
+            else:
+                threads.append(thread)
+        return threads
 
     @staticmethod
     def _readable(entry: Entry) -> bool:
@@ -701,8 +750,9 @@ class SyncPool:
         with self._lock:
             plan = self.core.check_all(self._clock())
         self.carry_out(plan)
-        for entry in plan.check:
-            self._check(entry, ping=True)
+        # Side by side, as keepalives: each is bounded by check_timeout.
+        for thread in self._check_in_threads(plan.check, ping=True):
+            thread.join()
 
     def drain(self) -> None:
         """Replace every connection: idle ones now, those in use when they come back."""
