@@ -864,8 +864,8 @@ class Core:
         probe, refill, and the reconnect_failed deadline; log what was decided
         since the last time (discards)."""
         plan = Plan()
-        self._flush_later(plan)
         if self.closed:
+            self._flush_later(plan)
             return plan
         self._recover(now, plan)
         if self._collected:
@@ -892,6 +892,8 @@ class Core:
                 ),
             )
         self._maybe_open(now, plan)
+        # Last, so that what this pass discarded is logged by it too.
+        self._flush_later(plan)
         return plan
 
     def _reserve(self, entry: Entry) -> None:
