@@ -363,3 +363,54 @@ def test_async_idle_connections_are_handed_out_in_turn(impl: Impl, dsn: str) -> 
             assert served[3:] == served[:3]
 
     run(body())
+
+
+# -- connection parameters read at every connect ----------------------------------------
+
+
+def _application_name(conn: Any) -> str:
+    row = conn.execute("SHOW application_name").fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def test_conninfo_changed_then_drain(make_pool: MakePool, dsn: str) -> None:
+    # Credential rotation as psycopg_pool users do it: change, then drain().
+    pool = make_pool(min_size=1, max_size=1)
+    pool.conninfo = f"{dsn} application_name=rotated"
+    pool.drain()
+    wait_until(lambda: pool.get_stats()["pool_available"] == 1, "the replacement connection")
+    with pool.connection(timeout=DEADLINE) as conn:
+        assert _application_name(conn) == "rotated"
+
+
+def test_kwargs_changed_then_drain(make_pool: MakePool) -> None:
+    pool = make_pool(min_size=1, max_size=1, kwargs={"application_name": "before"})
+    with pool.connection(timeout=DEADLINE) as conn:
+        assert _application_name(conn) == "before"
+    pool.kwargs = {"application_name": "after"}
+    pool.drain()
+    wait_until(lambda: pool.get_stats()["pool_available"] == 1, "the replacement connection")
+    with pool.connection(timeout=DEADLINE) as conn:
+        assert _application_name(conn) == "after"
+
+
+def test_async_conninfo_and_kwargs_changed_then_drain(impl: Impl, dsn: str) -> None:
+    async def name(pool: Any) -> str:
+        async with pool.connection(timeout=DEADLINE) as conn:
+            cur = await conn.execute("SHOW application_name")
+            row = await cur.fetchone()
+            return str(row[0])
+
+    async def body() -> None:
+        async with async_pool(impl, dsn, min_size=1, max_size=1) as pool:
+            pool.conninfo = f"{dsn} application_name=rotated"
+            await pool.drain()
+            await await_until(lambda: pool.get_stats()["pool_available"] == 1, "a new one")
+            assert await name(pool) == "rotated"
+            pool.kwargs = {"application_name": "from_kwargs"}
+            await pool.drain()
+            await await_until(lambda: pool.get_stats()["pool_available"] == 1, "a new one")
+            assert await name(pool) == "from_kwargs"
+
+    run(body())

@@ -20,7 +20,7 @@ import psycopg
 import pytest
 from psycopg.pq import TransactionStatus
 
-from pgreservoir.testing import PostgresServer
+from pgreservoir.testing import PostgresServer, TcpProxy
 
 from ._support import DEADLINE, async_pool, await_until, counter, kill_backend, pid, wait_until
 from .conftest import Impl, run
@@ -208,5 +208,98 @@ def test_async_close_and_connections_still_in_use(impl: Impl, dsn: str) -> None:
             assert await (await conn.execute("SELECT 1")).fetchone() == (1,)
         await pool.putconn(conn)
         await await_until(lambda: bool(conn.closed), "the returned connection to close")
+
+    run(body())
+
+
+# -- connection(): the rollback after an exception is bounded ------------------------------
+
+#: The drop-in's bound on the rollback at return (pgreservoir's check_timeout, 5 s),
+#: with a margin for a loaded machine. psycopg_pool's rollback has no bound at all.
+ROLLBACK_BOUND = 5.0 + 20.0
+#: How long psycopg_pool's rollback is watched (past the drop-in's 5 s) to see it stuck.
+STUCK_AFTER = 5.0 + 3.0
+
+
+class _Boom(Exception):
+    pass
+
+
+def test_connection_block_raising_on_a_black_holed_link(
+    impl: Impl, server: PostgresServer
+) -> None:
+    with TcpProxy.for_server(server) as proxy:
+        pool = impl.module.ConnectionPool(
+            proxy.dsn_for(server), min_size=1, max_size=1, open=True
+        )
+        try:
+            pool.wait(timeout=DEADLINE)
+            entered = threading.Event()
+            outcome: list[BaseException] = []
+
+            def client() -> None:
+                try:
+                    with pool.connection(timeout=DEADLINE) as conn:
+                        conn.execute("SELECT 1")  # a transaction is open
+                        proxy.set_mode("blackhole")
+                        entered.set()
+                        raise _Boom
+                except BaseException as exc:
+                    outcome.append(exc)
+
+            thread = threading.Thread(target=client, daemon=True)
+            thread.start()
+            assert entered.wait(DEADLINE)
+            thread.join(ROLLBACK_BOUND if impl.ours else STUCK_AFTER)
+            if impl.ours:
+                # The rollback ran bounded in putconn(): the block raised its own error.
+                assert not thread.is_alive(), "connection() did not return within its bound"
+                assert len(outcome) == 1
+                assert isinstance(outcome[0], _Boom)
+                proxy.set_mode("pass")
+                with pool.connection(timeout=DEADLINE) as conn:  # its slot was freed
+                    assert conn.execute("SELECT 1").fetchone() == (1,)
+            else:
+                # psycopg_pool rolls back in `with conn:`, unbounded: still stuck.
+                assert thread.is_alive()
+                proxy.set_mode("reset")  # the connection fails: the block ends
+                thread.join(DEADLINE)
+                assert not thread.is_alive()
+        finally:
+            proxy.set_mode("pass")
+            pool.close()
+
+
+def test_async_connection_block_raising_on_a_black_holed_link(
+    impl: Impl, server: PostgresServer
+) -> None:
+    async def body() -> None:
+        with TcpProxy.for_server(server) as proxy:
+            async with async_pool(impl, proxy.dsn_for(server), min_size=1, max_size=1) as pool:
+
+                async def client() -> None:
+                    async with pool.connection(timeout=DEADLINE) as conn:
+                        await conn.execute("SELECT 1")
+                        await asyncio.to_thread(proxy.set_mode, "blackhole")
+                        raise _Boom
+
+                task = asyncio.ensure_future(client())
+                bound = ROLLBACK_BOUND if impl.ours else STUCK_AFTER
+                done, _ = await asyncio.wait({task}, timeout=bound)
+                try:
+                    if impl.ours:
+                        assert done, "connection() did not return within its bound"
+                        assert isinstance(task.exception(), _Boom)
+                        await asyncio.to_thread(proxy.set_mode, "pass")
+                        async with pool.connection(timeout=DEADLINE) as conn:
+                            await conn.execute("SELECT 1")
+                    else:
+                        assert not done  # psycopg_pool: still rolling back, unbounded
+                        await asyncio.to_thread(proxy.set_mode, "reset")
+                        await asyncio.wait({task}, timeout=DEADLINE)
+                        assert task.done()
+                        task.exception()  # (retrieved)
+                finally:
+                    await asyncio.to_thread(proxy.set_mode, "pass")
 
     run(body())

@@ -194,6 +194,20 @@ def test_implicit_open_warns_at_wait(impl: Impl, dsn: str) -> None:
             pool.close()
 
 
+@pytest.mark.parametrize("cls", ["ConnectionPool", "NullConnectionPool"])
+def test_open_on_an_implicitly_opened_pool_still_warns(impl: Impl, dsn: str, cls: str) -> None:
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        pool = getattr(impl.module, cls)(dsn, **_small(cls))  # open not given
+        try:
+            pool.open()  # calling open() afterwards does not make the open explicit
+            assert _seen(record) == []
+            pool.putconn(pool.getconn(timeout=DEADLINE))
+            assert _seen(record) == [(DeprecationWarning, _sync_deprecation(cls))]
+        finally:
+            pool.close()
+
+
 @pytest.mark.parametrize("how", ["open=True", "open=False+open()", "with"])
 def test_explicit_open_does_not_warn(impl: Impl, dsn: str, how: str) -> None:
     with warnings.catch_warnings(record=True) as record:
@@ -266,6 +280,25 @@ def test_async_implicit_open_in_a_loop_warns_at_first_use(
                 assert _seen(record) == [(RuntimeWarning, message)]
                 await pool.putconn(await pool.getconn(timeout=DEADLINE))
                 assert len(_seen(record)) == 1
+            finally:
+                await pool.close()
+
+    run(body())
+
+
+@pytest.mark.parametrize("cls", ["AsyncConnectionPool", "AsyncNullConnectionPool"])
+def test_async_open_on_an_implicitly_opened_pool_still_warns(
+    impl: Impl, dsn: str, cls: str
+) -> None:
+    async def body() -> None:
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            pool = getattr(impl.module, cls)(dsn, **_small(cls))  # open not given
+            try:
+                await pool.open()
+                assert _seen(record) == []
+                await pool.putconn(await pool.getconn(timeout=DEADLINE))
+                assert _seen(record) == [(RuntimeWarning, _async_runtime_warning(cls))]
             finally:
                 await pool.close()
 

@@ -7,15 +7,37 @@ and core. The pools themselves are in ``pool.py`` (threads) and
 from __future__ import annotations
 
 import sys
+import threading
 import weakref
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
 
 from .. import errors as _ours
 from .._core import Core
 from ..options import PoolOptions, next_pool_name
 from .errors import PoolClosed, PoolTimeout, TooManyRequests
 
-__all__ = ["PoolBase", "check_sizes"]
+if sys.version_info >= (3, 13):
+    from typing import TypeVar
+else:  # a TypeVar with a default (psycopg depends on typing_extensions before 3.13)
+    from typing_extensions import TypeVar
+if sys.version_info >= (3, 11):
+    from typing import Self
+else:
+    from typing_extensions import Self
+
+if TYPE_CHECKING:
+    import psycopg
+    from psycopg.rows import TupleRow
+
+__all__ = ["ACT", "CT", "PoolBase", "Self", "check_sizes"]
+
+#: The connection class of a sync pool, as in psycopg_pool: a type checker
+#: infers it from ``connection_class`` (``ConnectionPool[psycopg.Connection[DictRow]]``).
+CT = TypeVar("CT", bound="psycopg.Connection[Any]", default="psycopg.Connection[TupleRow]")
+#: The connection class of an asyncio pool.
+ACT = TypeVar(
+    "ACT", bound="psycopg.AsyncConnection[Any]", default="psycopg.AsyncConnection[TupleRow]"
+)
 
 # psycopg_pool's stats keys (its get_stats()), from pgreservoir's counters.
 _GAUGES = ("pool_min", "pool_max", "pool_size", "pool_available", "requests_waiting")
@@ -136,6 +158,11 @@ class PoolBase:
         self._opened = False  # open() was called
         self._usage = 0.0  # seconds inside connection() blocks
         self._popped: Dict[str, float] = {}  # counters at the last pop_stats()
+        self._uncounted = 0  # checkouts of a null pool's wait(): no request for psycopg_pool
+        # Guards _usage (added to by every thread leaving a connection() block)
+        # and _popped (read and replaced by pop_stats()); reentrant, as a
+        # callback run while the statistics are read may use the pool.
+        self._stats_lock = threading.RLock()
         return options, core
 
     # -- attributes ------------------------------------------------------
@@ -230,7 +257,7 @@ class PoolBase:
             "requests_waiting": s["waiting"],
         }
         counters = {
-            "requests_num": float(s["requests"]),
+            "requests_num": float(s["requests"] - self._uncounted),
             "requests_queued": float(s["requests_waited"]),
             "requests_wait_ms": float(s["wait_ms_total"]),
             "requests_errors": float(s["timeouts"] + s["rejected"] + s["requests_cancelled"]),
@@ -243,26 +270,71 @@ class PoolBase:
         }
         return gauges, counters
 
-    def get_stats(self) -> Dict[str, int]:
-        """psycopg_pool's statistics: gauges, and counters since the last pop_stats()."""
-        gauges, counters = self._stats()
+    def _add_usage(self, seconds: float) -> None:
+        """Count ``seconds`` spent inside a connection() block."""
+        with self._stats_lock:
+            self._usage += seconds
+
+    def _uncount(self) -> None:
+        """The next checkout is no request in psycopg_pool's statistics."""
+        with self._stats_lock:
+            self._uncounted += 1
+
+    def _since_popped(self, pop: bool) -> Dict[str, int]:
+        # One reading of the counters serves the result and, with ``pop``, the
+        # new baseline: an event between two readings would never be reported.
+        with self._stats_lock:
+            gauges, counters = self._stats()
+            popped = self._popped
+            if pop:
+                self._popped = counters
         result: Dict[str, int] = dict(gauges)
         for key in _COUNTERS:
-            result[key] = round(counters[key] - self._popped.get(key, 0.0))
+            result[key] = round(counters[key] - popped.get(key, 0.0))
         return result
+
+    def get_stats(self) -> Dict[str, int]:
+        """psycopg_pool's statistics: gauges, and counters since the last pop_stats()."""
+        return self._since_popped(pop=False)
 
     def pop_stats(self) -> Dict[str, int]:
         """get_stats(), and the counters start again from zero."""
-        result = self.get_stats()
-        _, counters = self._stats()
-        self._popped = counters
-        return result
+        return self._since_popped(pop=True)
 
     def __repr__(self) -> str:
         return (
             f"<{type(self).__module__}.{type(self).__name__} {self.name!r} "
             f"{self._core.describe() if self._opened else 'not open'} at 0x{id(self):x}>"
         )
+
+
+def current_parameters(pool: PoolBase) -> Tuple[Callable[[], Any], Callable[[], Any]]:
+    """What the driver calls before every connect: the pool's ``conninfo`` and
+    ``kwargs`` as they are then (psycopg_pool reads them at every connect, so a
+    program may change them, then drain(), to rotate credentials). Each is
+    resolved if it is a callable; a coroutine function's awaitable is awaited
+    by the asyncio driver. The pool is held weakly."""
+    ref = weakref.ref(pool)
+
+    def resolve(name: str) -> Any:
+        target = ref()
+        if target is None:
+            raise RuntimeError("the pool was garbage-collected")
+        value = getattr(target, name)
+        if name == "kwargs" and value is None:
+            return {}
+        return value() if callable(value) else value
+
+    def conninfo() -> Any:
+        return resolve("conninfo")
+
+    def kwargs() -> Any:
+        return resolve("kwargs")
+
+    # How the driver names the parameters' source in repr() and errors.
+    conninfo.__qualname__ = f"{type(pool).__name__}.conninfo"
+    kwargs.__qualname__ = f"{type(pool).__name__}.kwargs"
+    return conninfo, kwargs
 
 
 def warn_text(cls: type) -> str:

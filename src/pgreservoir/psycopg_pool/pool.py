@@ -7,7 +7,7 @@ import time
 import warnings
 import weakref
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Callable, Dict, Generic, Iterator, Optional, Type
 
 import psycopg
 
@@ -15,12 +15,15 @@ from .. import errors as _ours
 from .._logging import event_logger
 from .._sync.shell import SyncPool
 from ..drivers.psycopg_driver import PsycopgDriver
-from ._base import UNLIMITED, PoolBase, check_sizes, warn_text
+from ._base import CT, UNLIMITED, PoolBase, Self, check_sizes, current_parameters, warn_text
 
 __all__ = ["ConnectionPool", "NullConnectionPool"]
 
+# The default connection_class (typed Any: it stands for any CT when omitted).
+_DEFAULT_CLASS: Any = psycopg.Connection
 
-class ConnectionPool(PoolBase):
+
+class ConnectionPool(Generic[CT], PoolBase):
     """psycopg_pool's ``ConnectionPool``, with pgreservoir's guarantees: no dead
     or expired connection handed out, every step bounded, a fair line, and
     ``close()`` complete (see docs/psycopg_pool.md for every difference)."""
@@ -29,14 +32,14 @@ class ConnectionPool(PoolBase):
         self,
         conninfo: Any = "",
         *,
-        connection_class: Any = psycopg.Connection,
+        connection_class: Type[CT] = _DEFAULT_CLASS,
         kwargs: Optional[Any] = None,
         min_size: int = 4,
         max_size: Optional[int] = None,
         open: Optional[bool] = None,
-        configure: Any = None,
-        check: Any = None,
-        reset: Any = None,
+        configure: Optional[Callable[[CT], None]] = None,
+        check: Optional[Callable[[CT], None]] = None,
+        reset: Optional[Callable[[CT], None]] = None,
         name: Optional[str] = None,
         close_returns: bool = False,
         timeout: float = 30.0,
@@ -66,14 +69,20 @@ class ConnectionPool(PoolBase):
             reconnect_failed=reconnect_failed,
             num_workers=num_workers,
         )
+        if not (callable(conninfo) or callable(kwargs)):
+            # Checked now, so a typo fails here rather than at the first connect.
+            PsycopgDriver(conninfo, kwargs or {}, connection_class,
+                          defaults=options.connect_defaults)
+        conninfo_now, kwargs_now = current_parameters(self)
         driver = PsycopgDriver(
-            conninfo, kwargs or {}, connection_class, defaults=options.connect_defaults
+            conninfo_now, kwargs_now, connection_class, defaults=options.connect_defaults
         )
         self._shell = shell = SyncPool(
             core,
             driver,
             options,
-            owner=self,
+            # Weakly: the shell's thread must not keep a dropped pool alive.
+            owner=weakref.proxy(self),
             on_event=event_logger(self.name),
             reconnect_failed=self._gave_up,
         )
@@ -101,7 +110,7 @@ class ConnectionPool(PoolBase):
     def open(self, wait: bool = False, timeout: float = 30.0) -> None:
         """Open the pool (connecting ``min_size`` connections in the background);
         with ``wait``, wait for them as :meth:`wait` does."""
-        self._warn_at_first_use = False
+        # (A pool its constructor opened still warns at first use, as in psycopg_pool.)
         self._open()
         if wait:
             self.wait(timeout)
@@ -126,7 +135,7 @@ class ConnectionPool(PoolBase):
         self._shell.close(max(0.0, float(timeout)))
         self._finalizer.detach()
 
-    def __enter__(self) -> ConnectionPool:
+    def __enter__(self) -> Self:
         self._warn_at_first_use = False
         if self._opened and self._core.closed:
             raise self._reopen_error()
@@ -138,7 +147,7 @@ class ConnectionPool(PoolBase):
 
     # -- checkout / check-in ---------------------------------------------
 
-    def getconn(self, timeout: Optional[float] = None) -> Any:
+    def getconn(self, timeout: Optional[float] = None) -> CT:
         """A connection, waiting in line up to ``timeout`` seconds (None: the
         pool's); give it back with :meth:`putconn`."""
         refusal = self._refusal()
@@ -148,13 +157,13 @@ class ConnectionPool(PoolBase):
         if timeout is None:
             timeout = self._timeout
         try:
-            conn = self._shell.acquire(float(timeout) if timeout > 0 else 0.0)
+            conn: CT = self._shell.acquire(float(timeout) if timeout > 0 else 0.0)
         except _ours.PoolError as exc:
             raise self._translate(exc, timeout) from None
-        conn._pool = self
+        conn._pool = self  # type: ignore[assignment]  # psycopg types it as its own pool
         return conn
 
-    def putconn(self, conn: Any) -> None:
+    def putconn(self, conn: CT) -> None:
         """Give back a connection from :meth:`getconn`: rolled back if needed, and
         closed if the pool is closed or the connection broken."""
         owner = getattr(conn, "_pool", None)
@@ -170,16 +179,19 @@ class ConnectionPool(PoolBase):
             raise self._foreign(conn) from None
 
     @contextmanager
-    def connection(self, timeout: Optional[float] = None) -> Iterator[Any]:
+    def connection(self, timeout: Optional[float] = None) -> Iterator[CT]:
         """``with pool.connection() as conn:``: committed at the end of the block,
         rolled back on an exception, always given back."""
         conn = self.getconn(timeout)
         start = time.monotonic()
         try:
-            with conn:
-                yield conn
+            yield conn
+            # Committed here as psycopg's `with conn:` would; on an exception
+            # the rollback is left to putconn(), which bounds it.
+            if not conn.closed and not conn.broken:
+                conn.commit()
         finally:
-            self._usage += time.monotonic() - start
+            self._add_usage(time.monotonic() - start)
             self.putconn(conn)
 
     # -- management ------------------------------------------------------
@@ -218,7 +230,7 @@ class ConnectionPool(PoolBase):
         return self._shell.stats()  # type: ignore[no-any-return]
 
 
-class NullConnectionPool(ConnectionPool):
+class NullConnectionPool(ConnectionPool[CT]):
     """psycopg_pool's ``NullConnectionPool``: no idle connection kept; each client
     gets a new connection, closed when returned unless a client waits for it."""
 
@@ -228,14 +240,14 @@ class NullConnectionPool(ConnectionPool):
         self,
         conninfo: Any = "",
         *,
-        connection_class: Any = psycopg.Connection,
+        connection_class: Type[CT] = _DEFAULT_CLASS,
         kwargs: Optional[Any] = None,
         min_size: int = 0,
         max_size: Optional[int] = None,
         open: Optional[bool] = None,
-        configure: Any = None,
-        check: Any = None,
-        reset: Any = None,
+        configure: Optional[Callable[[CT], None]] = None,
+        check: Optional[Callable[[CT], None]] = None,
+        reset: Optional[Callable[[CT], None]] = None,
         name: Optional[str] = None,
         close_returns: bool = False,
         timeout: float = 30.0,
@@ -274,6 +286,8 @@ class NullConnectionPool(ConnectionPool):
         if refusal is not None:
             raise refusal
         self._first_use()
+        # psycopg_pool's wait() is no client request: not counted in requests_num.
+        self._uncount()
         try:
             conn = self._shell.acquire(max(0.0, float(timeout)))
         except _ours.PoolError:

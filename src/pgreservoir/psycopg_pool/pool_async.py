@@ -8,7 +8,16 @@ import time
 import warnings
 import weakref
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Dict, Optional
+from typing import (
+    Any,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Dict,
+    Generic,
+    Optional,
+    Type,
+)
 
 import psycopg
 
@@ -16,9 +25,29 @@ from .. import errors as _ours
 from .._async.shell import AsyncPool
 from .._logging import event_logger
 from ..drivers.psycopg_driver import AsyncPsycopgDriver
-from ._base import UNLIMITED, PoolBase, async_warn_text, check_sizes
+from ._base import (
+    ACT,
+    UNLIMITED,
+    PoolBase,
+    Self,
+    async_warn_text,
+    check_sizes,
+    current_parameters,
+)
 
 __all__ = ["AsyncConnectionPool", "AsyncNullConnectionPool"]
+
+# The default connection_class (typed Any: it stands for any ACT when omitted).
+_DEFAULT_CLASS: Any = psycopg.AsyncConnection
+
+
+def _abandon_silently(shell: AsyncPool) -> None:
+    """A dropped pool's finalizer: close what can be closed without awaiting and
+    cancel the pool's tasks, without the ResourceWarning pgreservoir's own pools
+    give (psycopg_pool collects a dropped pool silently)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        shell.abandon_on_collect()
 
 
 def _running() -> bool:
@@ -29,7 +58,7 @@ def _running() -> bool:
     return True
 
 
-class AsyncConnectionPool(PoolBase):
+class AsyncConnectionPool(Generic[ACT], PoolBase):
     """psycopg_pool's ``AsyncConnectionPool``, with pgreservoir's guarantees: safe
     under cancellation at every await, no dead or expired connection handed
     out, every step bounded, ``close()`` complete."""
@@ -38,14 +67,14 @@ class AsyncConnectionPool(PoolBase):
         self,
         conninfo: Any = "",
         *,
-        connection_class: Any = psycopg.AsyncConnection,
+        connection_class: Type[ACT] = _DEFAULT_CLASS,
         kwargs: Optional[Any] = None,
         min_size: int = 4,
         max_size: Optional[int] = None,
         open: Optional[bool] = None,
-        configure: Any = None,
-        check: Any = None,
-        reset: Any = None,
+        configure: Optional[Callable[[ACT], Awaitable[None]]] = None,
+        check: Optional[Callable[[ACT], Awaitable[None]]] = None,
+        reset: Optional[Callable[[ACT], Awaitable[None]]] = None,
         name: Optional[str] = None,
         close_returns: bool = False,
         timeout: float = 30.0,
@@ -75,18 +104,24 @@ class AsyncConnectionPool(PoolBase):
             reconnect_failed=reconnect_failed,
             num_workers=num_workers,
         )
+        if not (callable(conninfo) or callable(kwargs)):
+            # Checked now, so a typo fails here rather than at the first connect.
+            AsyncPsycopgDriver(conninfo, kwargs or {}, connection_class,
+                               defaults=options.connect_defaults)
+        conninfo_now, kwargs_now = current_parameters(self)
         driver = AsyncPsycopgDriver(
-            conninfo, kwargs or {}, connection_class, defaults=options.connect_defaults
+            conninfo_now, kwargs_now, connection_class, defaults=options.connect_defaults
         )
         self._shell = shell = AsyncPool(
             core,
             driver,
             options,
-            owner=self,
+            # Weakly: the shell's tasks must not keep a dropped pool alive.
+            owner=weakref.proxy(self),
             on_event=event_logger(self.name),
             reconnect_failed=self._gave_up,
         )
-        self._finalizer = weakref.finalize(self, shell.abandon_on_collect)
+        self._finalizer = weakref.finalize(self, _abandon_silently, shell)
         self._warn_at_first_use = False
         if open:
             warnings.warn(async_warn_text(type(self)), RuntimeWarning, stacklevel=2)
@@ -113,7 +148,7 @@ class AsyncConnectionPool(PoolBase):
 
     async def open(self, wait: bool = False, timeout: float = 30.0) -> None:
         """Open the pool on the running loop; with ``wait``, wait as :meth:`wait`."""
-        self._warn_at_first_use = False
+        # (A pool its constructor opened still warns at first use, as in psycopg_pool.)
         self._open()
         if wait:
             await self.wait(timeout)
@@ -139,7 +174,7 @@ class AsyncConnectionPool(PoolBase):
         await self._shell.close(max(0.0, float(timeout)))
         self._finalizer.detach()
 
-    async def __aenter__(self) -> AsyncConnectionPool:
+    async def __aenter__(self) -> Self:
         self._warn_at_first_use = False
         if self._opened and self._core.closed:
             raise self._reopen_error()
@@ -151,7 +186,7 @@ class AsyncConnectionPool(PoolBase):
 
     # -- checkout / check-in ---------------------------------------------
 
-    async def getconn(self, timeout: Optional[float] = None) -> Any:
+    async def getconn(self, timeout: Optional[float] = None) -> ACT:
         """A connection, waiting in line up to ``timeout`` seconds (None: the pool's)."""
         refusal = self._refusal()
         if refusal is not None:
@@ -160,13 +195,13 @@ class AsyncConnectionPool(PoolBase):
         if timeout is None:
             timeout = self._timeout
         try:
-            conn = await self._shell.acquire(float(timeout) if timeout > 0 else 0.0)
+            conn: ACT = await self._shell.acquire(float(timeout) if timeout > 0 else 0.0)
         except _ours.PoolError as exc:
             raise self._translate(exc, timeout) from None
-        conn._pool = self
+        conn._pool = self  # type: ignore[assignment]  # psycopg types it as its own pool
         return conn
 
-    async def putconn(self, conn: Any) -> None:
+    async def putconn(self, conn: ACT) -> None:
         """Give back a connection from :meth:`getconn`."""
         owner = getattr(conn, "_pool", None)
         if owner is not self and not self._core.closed:
@@ -181,16 +216,20 @@ class AsyncConnectionPool(PoolBase):
             raise self._foreign(conn) from None
 
     @asynccontextmanager
-    async def connection(self, timeout: Optional[float] = None) -> AsyncIterator[Any]:
+    async def connection(self, timeout: Optional[float] = None) -> AsyncIterator[ACT]:
         """``async with pool.connection() as conn:``: committed at the end of the
         block, rolled back on an exception or cancellation, always given back."""
         conn = await self.getconn(timeout)
         start = time.monotonic()
         try:
-            async with conn:
-                yield conn
+            yield conn
+            # Committed here as psycopg's `async with conn:` would; on an
+            # exception or cancellation the rollback is left to putconn(),
+            # which bounds it.
+            if not conn.closed and not conn.broken:
+                await conn.commit()
         finally:
-            self._usage += time.monotonic() - start
+            self._add_usage(time.monotonic() - start)
             await self.putconn(conn)
 
     # -- management ------------------------------------------------------
@@ -229,7 +268,7 @@ class AsyncConnectionPool(PoolBase):
         return self._shell.stats()  # type: ignore[no-any-return]
 
 
-class AsyncNullConnectionPool(AsyncConnectionPool):
+class AsyncNullConnectionPool(AsyncConnectionPool[ACT]):
     """psycopg_pool's ``AsyncNullConnectionPool``: no idle connection kept."""
 
     _null = True
@@ -238,14 +277,14 @@ class AsyncNullConnectionPool(AsyncConnectionPool):
         self,
         conninfo: Any = "",
         *,
-        connection_class: Any = psycopg.AsyncConnection,
+        connection_class: Type[ACT] = _DEFAULT_CLASS,
         kwargs: Optional[Any] = None,
         min_size: int = 0,
         max_size: Optional[int] = None,
         open: Optional[bool] = None,
-        configure: Any = None,
-        check: Any = None,
-        reset: Any = None,
+        configure: Optional[Callable[[ACT], Awaitable[None]]] = None,
+        check: Optional[Callable[[ACT], Awaitable[None]]] = None,
+        reset: Optional[Callable[[ACT], Awaitable[None]]] = None,
         name: Optional[str] = None,
         close_returns: bool = False,
         timeout: float = 30.0,
@@ -283,6 +322,8 @@ class AsyncNullConnectionPool(AsyncConnectionPool):
         if refusal is not None:
             raise refusal
         self._first_use()
+        # psycopg_pool's wait() is no client request: not counted in requests_num.
+        self._uncount()
         try:
             conn = await self._shell.acquire(max(0.0, float(timeout)))
         except _ours.PoolError:
