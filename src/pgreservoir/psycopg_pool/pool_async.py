@@ -214,6 +214,9 @@ class AsyncConnectionPool(Generic[ACT], PoolBase):
         except _ours.PoolError:
             conn._pool = owner
             raise self._foreign(conn) from None
+        except RuntimeError:  # from another event loop: refused before anything changed
+            conn._pool = owner
+            raise
 
     @asynccontextmanager
     async def connection(self, timeout: Optional[float] = None) -> AsyncIterator[ACT]:
