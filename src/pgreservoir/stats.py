@@ -14,6 +14,7 @@ GAUGE_KEYS = ("min_size", "max_size", "size", "idle", "in_use", "waiting", "open
 COUNTER_KEYS = (
     "requests",
     "requests_waited",
+    "requests_waited_full",
     "requests_cancelled",
     "timeouts",
     "rejected",

@@ -3,6 +3,7 @@ between two readings, exact sums under many threads."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import sys
 import threading
@@ -107,3 +108,52 @@ def test_usage_ms_adds_up_across_threads(impl: Impl, make_pool: MakePool) -> Non
         # psycopg_pool truncates each block to whole milliseconds (and adds
         # without a lock): its sum is not exact. Not asserted.
         assert usage >= 0
+
+
+def test_null_pool_queues_only_callers_the_pool_cannot_grow_for(make_pool: MakePool) -> None:
+    # A null pool below max_size connects for the caller: that caller did not
+    # queue. Only one that finds max_size connections out waits in line.
+    pool = make_pool("NullConnectionPool", max_size=2)
+    pool.wait(timeout=DEADLINE)
+    for _ in range(3):
+        with pool.connection(timeout=DEADLINE):
+            pass
+    assert counter(pool.get_stats(), "requests_queued") == 0
+    held = [pool.getconn(timeout=DEADLINE) for _ in range(2)]
+    assert counter(pool.get_stats(), "requests_queued") == 0
+    got: List[Any] = []
+    waiter = threading.Thread(target=lambda: got.append(pool.getconn(timeout=DEADLINE)))
+    waiter.start()
+    deadline = time.monotonic() + DEADLINE
+    while pool.get_stats().get("requests_waiting", 0) == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    pool.putconn(held.pop())
+    waiter.join(DEADLINE)
+    assert got
+    assert counter(pool.get_stats(), "requests_queued") == 1
+    for conn in (*held, *got):
+        pool.putconn(conn)
+
+
+def test_async_null_pool_queues_only_callers_the_pool_cannot_grow_for(
+    impl: Impl, dsn: str
+) -> None:
+    async def body() -> None:
+        async with async_pool(impl, dsn, "AsyncNullConnectionPool", max_size=2) as pool:
+            for _ in range(3):
+                async with pool.connection(timeout=DEADLINE):
+                    pass
+            assert counter(pool.get_stats(), "requests_queued") == 0
+            held = [await pool.getconn(timeout=DEADLINE) for _ in range(2)]
+            task = asyncio.ensure_future(pool.getconn(timeout=DEADLINE))
+            deadline = time.monotonic() + DEADLINE
+            while pool.get_stats().get("requests_waiting", 0) == 0:
+                assert time.monotonic() < deadline, "the third caller never waited"
+                await asyncio.sleep(0.01)
+            await pool.putconn(held.pop())
+            held.append(await task)
+            assert counter(pool.get_stats(), "requests_queued") == 1
+            for conn in held:
+                await pool.putconn(conn)
+
+    run(body())

@@ -831,17 +831,18 @@ class AsyncPool:
             live.add(self._maintenance)
         return live
 
-    def abandon_on_collect(self) -> None:
+    def abandon_on_collect(self, warn: bool = True) -> None:
         """The pool was garbage-collected while open: close what can be closed
-        without awaiting (its loop may be gone), and say so once."""
+        without awaiting (its loop may be gone), and say so once (``warn``)."""
         if self.core.closed:
             return
-        warnings.warn(
-            f"pool {self.name!r} was garbage-collected while open: close it with "
-            "`await pool.close()` or use `async with`",
-            ResourceWarning,
-            stacklevel=2,
-        )
+        if warn:
+            warnings.warn(
+                f"pool {self.name!r} was garbage-collected while open: close it with "
+                "`await pool.close()` or use `async with`",
+                ResourceWarning,
+                stacklevel=2,
+            )
         self.carry_out(self.core.close(self.clock()))
         loop = self._loop
         if loop is not None and not loop.is_closed():

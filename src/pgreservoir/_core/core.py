@@ -248,6 +248,7 @@ class Core:
         # Counters since the pool opened.
         self._requests = 0
         self._requests_waited = 0
+        self._requests_waited_full = 0  # of those, callers that found max_size open
         self._timeouts = 0
         self._rejected = 0
         self._opened = 0
@@ -412,6 +413,8 @@ class Core:
         else:
             self._waiters.append(waiter)
             self._requests_waited += 1
+            if self._size >= self.max_size:  # no room to open one for it
+                self._requests_waited_full += 1
         plan.waiter = waiter
         self._maybe_open(now, plan)
         return plan
@@ -1243,6 +1246,7 @@ class Core:
         result.update(
             requests=self._requests,
             requests_waited=self._requests_waited,
+            requests_waited_full=self._requests_waited_full,
             timeouts=self._timeouts,
             rejected=self._rejected,
             connections_opened=self._opened,

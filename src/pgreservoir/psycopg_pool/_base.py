@@ -256,9 +256,13 @@ class PoolBase:
             "pool_available": s["idle"],
             "requests_waiting": s["waiting"],
         }
+        queued = s["requests_waited"]
         counters = {
             "requests_num": float(s["requests"] - self._uncounted),
-            "requests_queued": float(s["requests_waited"]),
+            # A null pool below max_size connects for its caller (in the
+            # background here, in the caller's thread in psycopg_pool): that
+            # caller did not queue, in psycopg_pool's terms.
+            "requests_queued": float(s["requests_waited_full"] if self._null else queued),
             "requests_wait_ms": float(s["wait_ms_total"]),
             "requests_errors": float(s["timeouts"] + s["rejected"] + s["requests_cancelled"]),
             "usage_ms": self._usage * 1000.0,

@@ -45,9 +45,7 @@ def _abandon_silently(shell: AsyncPool) -> None:
     """A dropped pool's finalizer: close what can be closed without awaiting and
     cancel the pool's tasks, without the ResourceWarning pgreservoir's own pools
     give (psycopg_pool collects a dropped pool silently)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)
-        shell.abandon_on_collect()
+    shell.abandon_on_collect(warn=False)
 
 
 def _running() -> bool:
