@@ -640,8 +640,16 @@ def test_close_during_blackhole(
             held = pool.getconn()  # the workers share the other MAX_SIZE - 1
             workload.start()
             mark = time.monotonic()
+            # The pool must have grown to max_size before the black hole: a connect
+            # still under way when it starts hangs, and the pool never gets there.
             workload.wait_until(
-                lambda: workload.successes_after(mark) >= WARM_UP, "steady state", PHASE_DEADLINE
+                lambda: (
+                    workload.successes_after(mark) >= WARM_UP
+                    and (s := pool.stats())["size"] == MAX_SIZE
+                    and s["opening"] == 0
+                ),
+                "steady state with max_size connections open",
+                PHASE_DEADLINE,
             )
             proxy.set_mode("blackhole")
             blackholed = time.monotonic()
