@@ -23,6 +23,8 @@ import traceback
 import weakref
 from typing import Any, Callable, Dict, List, Optional
 
+import pytest
+
 import pgreservoir
 from pgreservoir import ConnectionPool, PoolError
 from support import DEADLINE, Flavor, scalar, wait_until
@@ -299,18 +301,22 @@ def test_connection_pool_survives_a_storm_of_signal_exceptions(
         terminate.admin.close()  # type: ignore[attr-defined]
 
 
-def test_drop_in_pool_survives_a_storm_of_signal_exceptions(postgres_dsn: str) -> None:
+@pytest.mark.parametrize("timeout", [1.0, 0.0], ids=["waiting", "psycopg2-defaults"])
+def test_drop_in_pool_survives_a_storm_of_signal_exceptions(
+    postgres_dsn: str, timeout: float
+) -> None:
+    """Timeout 0 (psycopg2's "exhausted" at once) puts the lock-free refusal in the storm too."""
     import pgreservoir.pool as compat
 
     flavor = Flavor("psycopg2")
-    app = "storm-drop-in"
+    app = f"storm-drop-in-{timeout:g}"
     terminate = terminator(postgres_dsn, flavor, app)
     pool = compat.ThreadedConnectionPool(
         2,
         4,
         postgres_dsn,
         application_name=app,
-        pool_options=compat.PoolOptions(**POOL_OPTIONS),
+        pool_options=compat.PoolOptions(**{**POOL_OPTIONS, "timeout": timeout}),
     )
     try:
         harness = Harness(pool.getconn, pool.putconn, terminate, flavor.Error)

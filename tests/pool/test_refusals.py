@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import pickle
 import socket
+import threading
 import traceback
 from typing import Any, Callable, Iterator
 
@@ -119,6 +120,35 @@ def test_drop_in_exhausted_is_raised_once_by_the_drop_in(postgres_dsn: str) -> N
         pool.putconn(held, close=True)
         conn = pool.getconn()
         pool.putconn(conn)
+    finally:
+        pool.closeall()
+
+
+def test_drop_in_exhausted_is_decided_without_the_pool_lock(postgres_dsn: str) -> None:
+    # Threads retrying "exhausted" must not queue on the lock with the threads
+    # returning connections: with every connection out, a refusal does not
+    # take it (here it is held by this thread for the whole check).
+    pool = dropin.ThreadedConnectionPool(2, 2, postgres_dsn)
+    try:
+        held = [pool.getconn(), pool.getconn()]
+        before = pool._shell.stats()
+        outcomes: list[int] = []
+        with pool._shell._lock:
+            worker = threading.Thread(target=lambda: outcomes.append(_refuse_many(pool.getconn)))
+            worker.start()
+            worker.join(30.0)
+            finished = not worker.is_alive()
+        worker.join()
+        assert finished, "a refusal waited for the pool's lock"
+        assert outcomes == [200]
+        after = pool._shell.stats()
+        assert after["requests"] - before["requests"] == 200
+        assert after["timeouts"] - before["timeouts"] == 200
+        # With a connection idle again, it is handed out, never refused.
+        pool.putconn(held.pop())
+        held.append(pool.getconn())
+        for conn in held:
+            pool.putconn(conn)
     finally:
         pool.closeall()
 

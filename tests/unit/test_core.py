@@ -674,6 +674,27 @@ def test_a_plain_refusal_is_decided_quickly_and_its_error_made_outside() -> None
     assert isinstance(core.checkout(T0, 0.0, retry=True), Plan)
 
 
+def test_a_refusal_without_the_lock_refuses_only_what_checkout_would() -> None:
+    core = make_core(min_size=2, max_size=2, inline=True)
+    assert core.refuse_unlocked() is None  # not started: the first checkout opens
+    fill(core, 2)
+    # An idle connection is never refused: the caller takes the lock and gets it.
+    assert core.refuse_unlocked() is None
+    held = [take(core), take(core)]
+    gauges = core.refuse_unlocked()
+    assert gauges == core.checkout(T0, 0.0) == (2, 2, 2, 0, 2, 0, 0)
+    stats = core.stats()
+    assert (stats["requests"], stats["timeouts"]) == (4, 2)  # both refusals counted
+    assert "size 2/2" in str(core.refused(gauges))
+    # A slot being re-opened (a broken connection returned): take the lock.
+    give(core, held.pop(), BROKEN)
+    assert core.gauges()["opening"] == 1
+    assert core.refuse_unlocked() is None
+    core.close(T0)
+    assert core.refuse_unlocked() is None  # closed: checkout() says so
+    core.check_invariants()
+
+
 def test_errors_name_the_pool_and_its_state() -> None:
     core = make_core(min_size=1, max_size=1, name="orders")
     fill(core, 1)

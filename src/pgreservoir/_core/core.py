@@ -250,6 +250,9 @@ class Core:
         self._requests_waited = 0
         self._requests_waited_full = 0  # of those, callers that found max_size open
         self._timeouts = 0
+        # Refusals decided by refuse_unlocked(), without the lock: requests
+        # and timeouts both (see there for why a lost increment is tolerated).
+        self._refused_unlocked = 0
         self._rejected = 0
         self._opened = 0
         self._closed_count = 0
@@ -323,6 +326,30 @@ class Core:
             self._timeouts += 1
             return self._gauges()
         return self._checkout_slow(now, timeout, retry)
+
+    def refuse_unlocked(self) -> Optional[Tuple[int, ...]]:
+        """Lock-free: the gauges of a plain refusal of a caller that does not
+        wait, as checkout() would refuse it, or None (take the lock and call
+        checkout()). The only core method that may be called without the lock.
+
+        For the drop-in's "exhausted" under its users' retry loops: refusing
+        threads that queue on the lock slow the threads returning connections
+        down. Each read here is one atomic load, so the answer holds for the
+        moment it was read: a connection checked in an instant ago may be
+        refused once (the retry takes it), never one that has sat idle for
+        longer. The counter's increment is unlocked: under the GIL it does not
+        lose counts in practice, and a lost one would only make stats() low.
+        """
+        if self._idle or self._failing or self.closed or not self._started:
+            return None
+        if not (
+            self._waiters
+            or not self._inline
+            or (self._size >= self.max_size and not self._to_open)
+        ):
+            return None
+        self._refused_unlocked += 1
+        return self._gauges()
 
     def refused(self, gauges: Tuple[int, ...]) -> PoolError:
         """The PoolTimeout of a checkout that checkout() refused with ``gauges``
@@ -1242,12 +1269,13 @@ class Core:
     def stats(self) -> Dict[str, Any]:
         """Gauges and counters (see :mod:`pgreservoir.stats`)."""
         result: Dict[str, Any] = self.gauges()
-        unwaited = self._requests - self._waits.recorded
+        requests = self._requests + self._refused_unlocked
+        unwaited = requests - self._waits.recorded
         result.update(
-            requests=self._requests,
+            requests=requests,
             requests_waited=self._requests_waited,
             requests_waited_full=self._requests_waited_full,
-            timeouts=self._timeouts,
+            timeouts=self._timeouts + self._refused_unlocked,
             rejected=self._rejected,
             connections_opened=self._opened,
             connections_closed=self._closed_count,

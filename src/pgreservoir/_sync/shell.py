@@ -105,6 +105,7 @@ class SyncPool:
         self._checkout = core.checkout
         self._checkin = core.checkin
         self._entry_of = core.in_use.get
+        self._idle = core._idle  # read unlocked: is a refusal even possible?
         self.name = core.name
         self.driver = driver
         self._verdict = driver.verdict  # bound once: called on every check-in
@@ -166,6 +167,12 @@ class SyncPool:
         words: raising once instead of twice is most of its cost."""
         if timeout is not None and (type(timeout) is not float or not timeout >= 0.0):
             timeout = check_seconds("timeout", timeout)
+        if refusal and timeout == 0.0 and not self._idle:
+            # Refused without the lock (and without the clock): threads that
+            # retry in a loop must not queue on it with those returning.
+            gauges = self.core.refuse_unlocked()
+            if gauges is not None:
+                return gauges
         now = self._clock()
         got: Any = None
         try:
