@@ -10,11 +10,12 @@ from __future__ import annotations
 from ._reset import async_discard_all, discard_all
 from .async_connection_pool import AsyncConnectionPool
 from .connection_pool import ConnectionPool
-from .errors import PoolClosed, PoolError, PoolTimeout, TooManyRequests
+from .errors import ConnectParametersError, PoolClosed, PoolError, PoolTimeout, TooManyRequests
 from .options import PoolOptions
 
 __all__ = [
     "AsyncConnectionPool",
+    "ConnectParametersError",
     "ConnectionPool",
     "PoolClosed",
     "PoolError",
