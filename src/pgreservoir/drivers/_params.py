@@ -20,6 +20,7 @@ import asyncio
 import inspect
 from typing import Any, Collection, Dict, List, Mapping, Optional, Tuple
 
+from .._async.bounded import Expired, bounded
 from ..errors import ConnectParametersError
 from ._conninfo import redact
 
@@ -170,8 +171,8 @@ class ParamSource:
         try:
             value = source()
             if inspect.isawaitable(value):
-                value = await _bounded(value, deadline)
-        except _Expired:
+                value = await bounded(value, deadline)
+        except Expired:
             raise ConnectParametersError(
                 f"the callable given for {label}, {source_name(source)}, did not return "
                 f"within {timeout:g} s (the connect_timeout): the connect counts as failed "
@@ -209,34 +210,3 @@ class ParamSource:
                 "leave the option unset)"
             )
         return value
-
-
-class _Expired(Exception):
-    """The deadline of :func:`_bounded` passed."""
-
-
-async def _bounded(awaitable: Any, deadline: float) -> Any:
-    """Await ``awaitable`` until the loop's clock reads ``deadline``; then cancel
-    it and raise :class:`_Expired`. A cancel of the caller reaches it too."""
-    loop = asyncio.get_running_loop()
-    task = asyncio.ensure_future(awaitable)
-    expired = False
-
-    def expire() -> None:
-        nonlocal expired
-        if not task.done():
-            expired = True
-            task.cancel()
-
-    timer = loop.call_at(deadline, expire)
-    try:
-        return await task
-    except asyncio.CancelledError:
-        current = asyncio.current_task()
-        cancelling = getattr(current, "cancelling", None)
-        # Our own timer, and nobody cancelling the caller: a timeout.
-        if expired and not (cancelling is not None and cancelling()):
-            raise _Expired() from None
-        raise
-    finally:
-        timer.cancel()
