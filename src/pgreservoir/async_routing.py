@@ -23,8 +23,8 @@ from .options import check_seconds, next_pool_name
 from .routing import (
     REPLICA_CHECK_INTERVAL,
     REPLICA_CHECK_TIMEOUT,
-    live_count,
     check_routing_arguments,
+    live_count,
     split_for_checks,
 )
 
