@@ -11,7 +11,6 @@ import pytest
 
 def pytest_configure(config: pytest.Config) -> None:
     manager = config.pluginmanager
-    if not manager.has_plugin("pgreservoir") and not manager.has_plugin(
-        "pgreservoir.testing_plugin"
-    ):
-        manager.import_plugin("pgreservoir.testing_plugin")
+    names = ("pgreservoir", "pgreservoir.testing.plugin", "pgreservoir.testing_plugin")
+    if not any(manager.has_plugin(name) for name in names):
+        manager.import_plugin("pgreservoir.testing.plugin")

@@ -17,7 +17,14 @@ import psycopg2
 import pytest
 
 import pgreservoir.testing as pgtesting
-from pgreservoir.testing import PostgresServer, embedded_bindir, find_bindir, start_server
+from pgreservoir.testing import (
+    PostgresServer,
+    _account,
+    _binaries,
+    embedded_bindir,
+    find_bindir,
+    start_server,
+)
 from support import select_one, wait_until
 
 # The postgres_server / postgres_dsn fixtures come from the plugin, which
@@ -314,7 +321,7 @@ def test_context_manager_cleans_up_on_error() -> None:
 
 
 def test_watchdog_cleans_up_after_sigkill() -> None:
-    src = str(Path(pgtesting.__file__).resolve().parent.parent)
+    src = str(Path(pgtesting.__file__).resolve().parents[2])
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
     script = textwrap.dedent(
@@ -386,7 +393,7 @@ def test_creating_the_server_account_is_logged(
     # As root with neither 'postgres' nor 'pgreservoir': the account is
     # created. Simulated (useradd is not run), so the machine is untouched.
     created: list[list[str]] = []
-    account = pgtesting._Account("pgreservoir", 990, 990)
+    account = _account._Account("pgreservoir", 990, 990)
 
     def lookup(name: str) -> object:
         return account if created and name == "pgreservoir" else None
@@ -396,11 +403,11 @@ def test_creating_the_server_account_is_logged(
         return subprocess.CompletedProcess(command, 0, "", "")
 
     monkeypatch.setattr(os, "geteuid", lambda: 0)
-    monkeypatch.setattr(pgtesting, "_lookup_account", lookup)
+    monkeypatch.setattr(_account, "_lookup_account", lookup)
     monkeypatch.setattr(shutil, "which", lambda name: f"/usr/sbin/{name}")
     monkeypatch.setattr(subprocess, "run", run)
     caplog.set_level("INFO", logger="pgreservoir.testing")
-    assert pgtesting._server_account() is account
+    assert _account._server_account() is account
     assert created[0][0] == "useradd"
     warnings = [r for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1
@@ -420,13 +427,13 @@ def test_copying_the_binaries_to_the_cache_is_logged(
         program.chmod(0o755)
     cache = tmp_path / "cache"
     cache.mkdir()
-    monkeypatch.setattr(pgtesting, "_temp_root", lambda account: str(cache))
+    monkeypatch.setattr(_binaries, "_temp_root", lambda account: str(cache))
     caplog.set_level("INFO", logger="pgreservoir.testing")
-    target = pgtesting._relocate_install(str(bindir), None)
+    target = _binaries._relocate_install(str(bindir), None)
     assert target.startswith(str(cache))
-    assert pgtesting._has_server_programs(target)
+    assert _binaries._has_server_programs(target)
     messages = [r.getMessage() for r in caplog.records if r.name == "pgreservoir.testing"]
     assert any("copying the PostgreSQL binaries" in m and str(cache) in m for m in messages)
     caplog.clear()
-    assert pgtesting._relocate_install(str(bindir), None) == target  # reused: no copy
+    assert _binaries._relocate_install(str(bindir), None) == target  # reused: no copy
     assert not [r for r in caplog.records if "copying" in r.getMessage()]

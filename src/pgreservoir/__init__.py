@@ -9,17 +9,22 @@ from __future__ import annotations
 
 from ._reset import async_discard_all, discard_all
 from .async_connection_pool import AsyncConnectionPool
+from .async_routing import AsyncRoutingPool
 from .connection_pool import ConnectionPool
-from .errors import PoolClosed, PoolError, PoolTimeout, TooManyRequests
+from .errors import ConnectParametersError, PoolClosed, PoolError, PoolTimeout, TooManyRequests
 from .options import PoolOptions
+from .routing import RoutingPool
 
 __all__ = [
     "AsyncConnectionPool",
+    "AsyncRoutingPool",
+    "ConnectParametersError",
     "ConnectionPool",
     "PoolClosed",
     "PoolError",
     "PoolOptions",
     "PoolTimeout",
+    "RoutingPool",
     "TooManyRequests",
     "__version__",
     "async_discard_all",

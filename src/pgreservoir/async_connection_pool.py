@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import inspect
 import weakref
-from typing import Any, AsyncIterator, Dict, Optional
+from typing import Any, AsyncIterator, Awaitable, Callable, Dict, Optional, Union
 
 from ._async.shell import AsyncPool
 from ._core import Core
@@ -31,7 +31,11 @@ class AsyncConnectionPool:
     pool options are those of :class:`~pgreservoir.PoolOptions`, with the
     same defaults and meaning as for :class:`~pgreservoir.ConnectionPool`.
     ``configure``, ``reset`` and ``reconnect_failed`` may be coroutine
-    functions.
+    functions. ``conninfo`` and the value of any libpq keyword
+    (``password=fetch_token``) may be callables or coroutine functions,
+    called at every connect for rotating credentials (docs/credentials.md);
+    a coroutine function has the connect_timeout to return, and is
+    cancelled with the connect.
 
     A pool belongs to one event loop: the one it is opened on (at
     construction if a loop is running, else at the first ``await`` on it, or
@@ -50,7 +54,7 @@ class AsyncConnectionPool:
 
     def __init__(
         self,
-        conninfo: Optional[str] = None,
+        conninfo: Union[str, Callable[[], Union[str, Awaitable[str]]], None] = None,
         *,
         min_size: int = 1,
         max_size: int = 10,
@@ -134,6 +138,12 @@ class AsyncConnectionPool:
         """Change ``min_size`` and ``max_size`` while the pool runs."""
         lo, hi = check_sizes(min_size, max_size)
         self._shell.resize(lo, hi)
+
+    def drain(self) -> None:
+        """Replace every connection: idle ones now, those in use when they come
+        back; new ones are made with the parameters of that moment (after a
+        password change, to end the old sessions at once)."""
+        self._shell.drain()
 
     async def __aenter__(self) -> AsyncConnectionPool:
         await self.open()

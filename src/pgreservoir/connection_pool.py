@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import sys
 import weakref
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from ._core import Core
 from ._helpers import PoolHelpers
@@ -52,7 +52,10 @@ class ConnectionPool(PoolHelpers):
     ``dsn`` and the keyword arguments that are not pool options go to
     ``psycopg2.connect()``, or with ``connection_class=`` (psycopg_pool's
     spelling, e.g. ``psycopg.Connection``) to ``connection_class.connect()``.
-    They are validated now: an unknown option raises ``ValueError``. Unless
+    They are validated now: an unknown option raises ``ValueError``.
+    ``dsn`` and the value of any libpq keyword (``password=fetch_token``)
+    may be callables, called at every connect, for rotating credentials
+    (docs/credentials.md). Unless
     you set them, ``connect_timeout=10`` and TCP keepalives are added (the
     ``connect_defaults`` option; see :data:`pgreservoir.options.DEFAULT_CONNECT_OPTIONS`).
 
@@ -71,7 +74,7 @@ class ConnectionPool(PoolHelpers):
 
     def __init__(
         self,
-        dsn: Optional[str] = None,
+        dsn: Union[str, Callable[[], str], None] = None,
         *,
         min_size: int = 1,
         max_size: int = 10,
@@ -210,6 +213,15 @@ class ConnectionPool(PoolHelpers):
         """Change ``min_size`` and ``max_size`` while the pool runs."""
         lo, hi = check_sizes(min_size, max_size)
         self._shell.resize(lo, hi)
+
+    def drain(self) -> None:
+        """Replace every connection: idle ones now, those in use when they come back.
+
+        New connections are made with the parameters of that moment: after a
+        password change that must end the old sessions at once (connections
+        already open stay authenticated otherwise).
+        """
+        self._shell.drain()
 
     def close(self, timeout: float = 5.0) -> None:
         """Close the pool: no new checkouts; in-use connections get ``timeout`` s to return.

@@ -17,7 +17,7 @@ try:  # psycopg2 is the driver today, but the error hierarchy must not require i
 except ImportError:  # pragma: no cover - exercised only without psycopg2
     _Base = Exception  # type: ignore[misc,assignment]
 
-__all__ = ["PoolClosed", "PoolError", "PoolTimeout", "TooManyRequests"]
+__all__ = ["ConnectParametersError", "PoolClosed", "PoolError", "PoolTimeout", "TooManyRequests"]
 
 _E = TypeVar("_E", bound="PoolError")
 
@@ -132,6 +132,15 @@ class PoolClosed(PoolError):
 
 class TooManyRequests(PoolError):
     """The waiting line is full (``max_waiting``): the caller was turned away at once."""
+
+
+class ConnectParametersError(PoolError):
+    """A callable given for the DSN or a connect keyword (rotating credentials)
+    raised, returned the wrong type, or (asyncio) did not return within the
+    connect_timeout. The connect fails: the pool counts it as a connect error
+    and retries with its backoff; a caller waiting for that connection gets
+    PoolTimeout with this error as ``__cause__``. The message names the
+    callable and the type it returned, never the value."""
 
 
 def throw(error: BaseException) -> NoReturn:

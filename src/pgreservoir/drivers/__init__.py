@@ -175,7 +175,7 @@ class AsyncDriver(Protocol):
 
 
 def make_async_driver(
-    conninfo: Optional[str],
+    conninfo: Any,
     connect_kwargs: Mapping[str, Any],
     *,
     connection_class: Any = None,
@@ -190,14 +190,18 @@ def make_async_driver(
 
 
 def make_driver(
-    dsn: Optional[str],
+    dsn: Any,
     connect_kwargs: Mapping[str, Any],
     *,
     connection_class: Any = None,
     defaults: Optional[Mapping[str, Any]] = None,
     args: Tuple[Any, ...] = (),
 ) -> Driver:
-    """The driver for these connection options (validated now, so a typo fails at once)."""
+    """The driver for these connection options (validated now, so a typo fails at once).
+
+    ``dsn`` may be a str, None or a callable returning a str, and any libpq
+    keyword's value a callable: see :mod:`._params` (rotating credentials).
+    """
     if connection_class is not None:
         from .psycopg_driver import PsycopgDriver
 

@@ -8,6 +8,8 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 from .._core import BROKEN, CLEAN, DIRTY, HOLDER_CLOSED, RESTORE
 from . import check_rows
 from ._base import DriverBase, is_lost_sqlstate
+from ._conninfo import mask_dsn, server_ports
+from ._params import ParamSource
 from ._sockets import Probe
 
 __all__ = ["Psycopg2Driver"]
@@ -32,13 +34,13 @@ def _import_psycopg2() -> Any:
 class Psycopg2Driver(DriverBase):
     """psycopg2 connections, opened with ``psycopg2.connect(dsn, *args, **kwargs)``."""
 
-    __slots__ = ("_args", "_dsn", "_kwargs", "_psycopg2")
+    __slots__ = ("_args", "_defaults", "_dsn", "_kwargs", "_params", "_psycopg2")
 
     SETTINGS = ("autocommit", "isolation_level", "readonly", "deferrable")
 
     def __init__(
         self,
-        dsn: Optional[str],
+        dsn: Any,
         connect_kwargs: Mapping[str, Any],
         *,
         defaults: Optional[Mapping[str, Any]] = None,
@@ -47,19 +49,44 @@ class Psycopg2Driver(DriverBase):
         """Validate the connection options now, so a typo fails at construction.
 
         ``dsn``/``args``/``connect_kwargs`` are what the caller would pass to
-        ``psycopg2.connect()``; ``defaults`` fill libpq options the caller did not set.
+        ``psycopg2.connect()``; ``defaults`` fill libpq options the caller did
+        not set. ``dsn`` and the value of any libpq keyword may be callables
+        (rotating credentials, see :mod:`._params`): called at every connect,
+        their results checked then; what is known now is checked now.
         """
         psycopg2 = _import_psycopg2()
         self._psycopg2 = psycopg2
+        if args and dsn is None and isinstance(args[0], str):
+            # psycopg2.connect(dsn, connection_factory, cursor_factory) positionally.
+            dsn, args = args[0], args[1:]
+        if dsn is not None and not (isinstance(dsn, str) or callable(dsn)):
+            raise TypeError(
+                f"the DSN must be a str (or a callable returning one), got {type(dsn).__name__}"
+            )
+        self._args = args
+        self._defaults = dict(defaults or {})
+        self._params = params = ParamSource(dsn, connect_kwargs, reserved=_PSYCOPG2_ONLY)
+        if params.dynamic:
+            static_dsn, static_kwargs = params.static()
+            _, _, merged = self._complete(static_dsn, static_kwargs)
+            self._masked = params.describe(mask_dsn(merged))
+            self.server_ports = server_ports(merged)
+            self._dsn: Optional[str] = None
+            self._kwargs: Dict[str, Any] = {}
+        else:
+            self._dsn, self._kwargs, merged = self._complete(dsn, connect_kwargs)
+            self._adopt_options(merged)
+
+    def _complete(
+        self, dsn: Optional[str], connect_kwargs: Mapping[str, Any]
+    ) -> Tuple[Optional[str], Dict[str, Any], Dict[str, Any]]:
+        """Check connection options and add the defaults they lack: the DSN and
+        keywords to connect with, and every libpq option they make (to mask)."""
+        psycopg2 = self._psycopg2
         kwargs: Dict[str, Any] = dict(connect_kwargs)
         libpq_kwargs = {
             k: v for k, v in kwargs.items() if k not in _PSYCOPG2_ONLY and v is not None
         }
-        if args and dsn is None and isinstance(args[0], str):
-            # psycopg2.connect(dsn, connection_factory, cursor_factory) positionally.
-            dsn, args = args[0], args[1:]
-        if dsn is not None and not isinstance(dsn, str):
-            raise TypeError(f"the DSN must be a str, got {type(dsn).__name__}")
         # From here on nothing may quote the DSN unmasked: it may hold a password.
         try:
             if dsn is not None:
@@ -68,27 +95,29 @@ class Psycopg2Driver(DriverBase):
             raise self._invalid(str(exc), dsn) from None
         try:
             # The DSN is valid: what libpq refuses now came from the keywords.
-            merged = psycopg2.extensions.parse_dsn(
+            merged: Dict[str, Any] = psycopg2.extensions.parse_dsn(
                 psycopg2.extensions.make_dsn(dsn, **libpq_kwargs)
             )
         except psycopg2.ProgrammingError as exc:
             raise self._invalid(str(exc), None, libpq_kwargs) from None
-        for key, value in (defaults or {}).items():
+        for key, value in self._defaults.items():
             if key not in merged:
                 kwargs[key] = value
                 merged[key] = str(value)
-        self._dsn = dsn
-        self._args = args
-        self._kwargs = kwargs
-        self._adopt_options(merged)
+        return dsn, kwargs, merged
 
     # -- opening and closing -------------------------------------------------
 
     def connect(self) -> Any:
-        if self._dsn is None:
-            conn = self._psycopg2.connect(*self._args, **self._kwargs)
+        dsn, kwargs = self._dsn, self._kwargs
+        if self._params.dynamic:
+            dsn, kwargs = self._params.resolve()
+            dsn, kwargs, merged = self._complete(dsn, kwargs)
+            self.server_ports = server_ports(merged)  # the latest, for fork
+        if dsn is None:
+            conn = self._psycopg2.connect(*self._args, **kwargs)
         else:
-            conn = self._psycopg2.connect(self._dsn, *self._args, **self._kwargs)
+            conn = self._psycopg2.connect(dsn, *self._args, **kwargs)
         # libpq may have read more than ReadyForQuery into its buffer: a backend
         # terminated as the connection completed leaves its FATAL there, where
         # no socket probe can see it. poll() processes it (into conn.notices).

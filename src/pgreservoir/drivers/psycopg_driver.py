@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import contextlib
-import inspect
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from .._core import BROKEN, CLEAN, DIRTY, HOLDER_CLOSED, RESTORE
 from . import check_rows
 from ._base import CLIENT_DEFAULTS, DriverBase, is_lost_sqlstate
-from ._conninfo import server_ports
+from ._conninfo import mask_dsn, server_ports
+from ._params import ParamSource
 from ._sockets import Probe
 
 __all__ = ["AsyncPsycopgDriver", "PsycopgDriver"]
@@ -22,19 +22,13 @@ _PSYCOPG_ONLY = frozenset({"autocommit", "prepare_threshold", "row_factory", "cu
 _IDLE, _ACTIVE, _INTRANS, _INERROR, _UNKNOWN = range(5)
 
 
-def _name_of(*sources: Any) -> str:
-    names = [getattr(s, "__qualname__", repr(s)) for s in sources if callable(s)]
-    return " and ".join(f"{name}()" for name in names)
-
-
-async def _resolve(source: Any) -> Any:
-    """A parameter, or what a callable (or coroutine function) returns."""
-    if not callable(source):
-        return source
-    value = source()
-    if inspect.isawaitable(value):
-        value = await value
-    return value
+def _positive(value: Any) -> float:
+    """A connect_timeout as seconds (0 if unset, invalid or not positive)."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return 0.0
+    return seconds if seconds > 0 else 0.0
 
 
 def import_psycopg() -> Any:
@@ -59,10 +53,11 @@ class _PsycopgBase(DriverBase):
         "_cls",
         "_conninfo",
         "_defaults",
-        "_dynamic",
         "_kwargs",
         "_notices",
+        "_params",
         "_psycopg",
+        "_resolve_timeout",
     )
 
     SETTINGS = ("autocommit", "isolation_level", "read_only", "deferrable")
@@ -81,9 +76,10 @@ class _PsycopgBase(DriverBase):
         """Validate the connection options now, so a typo fails at construction.
 
         ``conninfo`` (a str) and ``connect_kwargs`` (a mapping) may each be a
-        callable instead, returning them (the asyncio driver also accepts
-        coroutine functions): they are then called before every connect,
-        and checked then.
+        callable instead, returning them, and so may the value of any libpq
+        keyword (the asyncio driver also awaits coroutine functions): they
+        are then called before every connect (see :mod:`._params`), and what
+        they return is checked then; what is known now is checked now.
         """
         psycopg = import_psycopg()
         self._psycopg = psycopg
@@ -96,23 +92,41 @@ class _PsycopgBase(DriverBase):
         # id(conn) -> severity of the last notice received outside a query
         # (written by psycopg's notice callback, read by after_readable()).
         self._notices: Dict[int, str] = {}
-        self._dynamic = callable(conninfo) or callable(connect_kwargs)
-        if self._dynamic:
-            self._conninfo: Any = conninfo
-            self._kwargs: Any = connect_kwargs
-            self._masked = f"(connection parameters from {_name_of(conninfo, connect_kwargs)})"
-            self.server_ports = ()
+        self._params = params = ParamSource(
+            conninfo, connect_kwargs, reserved=_PSYCOPG_ONLY, dsn_label="conninfo"
+        )
+        if params.dynamic:
+            static_conninfo, static_kwargs = params.static()
+            _, _, merged = self._complete(static_conninfo, static_kwargs)
+            self._masked = params.describe(mask_dsn(merged))
+            self.server_ports = server_ports(merged)
+            self._conninfo: Any = ""
+            self._kwargs: Any = {}
         else:
-            self._conninfo, self._kwargs = self._complete(conninfo, connect_kwargs)
+            self._conninfo, self._kwargs, merged = self._complete(conninfo, connect_kwargs)
+            self._adopt_options(merged)
+        # The time the asyncio driver gives coroutine functions to return: the
+        # connect_timeout known now (a computed one is not known yet).
+        given = _positive(merged.get("connect_timeout"))
+        self._resolve_timeout = given or _positive(self._defaults.get("connect_timeout")) or 10.0
 
-    def _complete(self, conninfo: Any, connect_kwargs: Any) -> Tuple[str, Dict[str, Any]]:
-        """Check connection parameters, add the defaults they lack, and remember
-        what to mask and where they go; the conninfo and keywords to connect with."""
+    def _complete(
+        self, conninfo: Any, connect_kwargs: Any
+    ) -> Tuple[str, Dict[str, Any], Dict[str, Any]]:
+        """Check connection parameters and add the defaults they lack: the
+        conninfo and keywords to connect with, and every libpq option they
+        make (to mask, and to know where connections go)."""
         psycopg = self._psycopg
         if conninfo is not None and not isinstance(conninfo, str):
-            raise TypeError(f"conninfo must be a str, got {type(conninfo).__name__}")
+            raise TypeError(
+                f"conninfo must be a str (or a callable returning one), got "
+                f"{type(conninfo).__name__}"
+            )
         if not isinstance(connect_kwargs, Mapping):
-            raise TypeError(f"kwargs must be a mapping, got {type(connect_kwargs).__name__}")
+            raise TypeError(
+                f"kwargs must be a mapping (or a callable returning one), got "
+                f"{type(connect_kwargs).__name__}"
+            )
         kwargs: Dict[str, Any] = dict(connect_kwargs)
         libpq = {k: v for k, v in kwargs.items() if k not in _PSYCOPG_ONLY and v is not None}
         try:
@@ -125,11 +139,13 @@ class _PsycopgBase(DriverBase):
             if key not in merged:
                 kwargs[key] = value
                 merged[key] = value
-        if self._dynamic:
-            self.server_ports = server_ports(merged)  # the latest, for fork
-        else:
-            self._adopt_options(merged)
-        return conninfo or "", kwargs
+        return conninfo or "", kwargs, merged
+
+    def _resolved(self, conninfo: Any, kwargs: Any) -> Tuple[str, Dict[str, Any]]:
+        """Computed parameters, checked and completed, for this connect."""
+        conninfo, kwargs, merged = self._complete(conninfo, kwargs)
+        self.server_ports = server_ports(merged)  # the latest, for fork
+        return conninfo, kwargs
 
     def _watch(self, conn: Any) -> None:
         """Record notices that arrive outside a query (a FATAL before a hang-up)."""
@@ -255,11 +271,8 @@ class PsycopgDriver(_PsycopgBase):
 
     def connect(self) -> Any:
         conninfo, kwargs = self._conninfo, self._kwargs
-        if self._dynamic:
-            conninfo, kwargs = self._complete(
-                conninfo() if callable(conninfo) else conninfo,
-                kwargs() if callable(kwargs) else kwargs,
-            )
+        if self._params.dynamic:
+            conninfo, kwargs = self._resolved(*self._params.resolve())
         conn = self._cls.connect(conninfo, **kwargs)
         self._watch(conn)
         error = self._check_new(conn)
@@ -304,10 +317,10 @@ class AsyncPsycopgDriver(_PsycopgBase):
 
     async def connect(self) -> Any:
         conninfo, kwargs = self._conninfo, self._kwargs
-        if self._dynamic:
-            conninfo, kwargs = self._complete(
-                await _resolve(conninfo), await _resolve(kwargs)
-            )
+        if self._params.dynamic:
+            # Within the connect_timeout, and cancelled with the connect.
+            resolved = await self._params.resolve_async(self._resolve_timeout)
+            conninfo, kwargs = self._resolved(*resolved)
         conn = await self._cls.connect(conninfo, **kwargs)
         self._watch(conn)
         error = self._check_new(conn)

