@@ -1,0 +1,263 @@
+"""OpenTelemetry metrics of every pool: the semantic conventions for database
+client connection pools (``db.client.connection.*``).
+
+Imported by the recorder (:mod:`pgreservoir._metrics`) only when
+opentelemetry-api is installed. One :class:`_Binding` per meter provider
+creates the instruments once, on the meter ``pgreservoir``, and serves every
+pool that records to that provider.
+
+* The gauges and ``timeouts`` are observable instruments: their callbacks,
+  run by the SDK when it collects (in its own thread), copy each pool's
+  figures under the pool's lock. Nothing happens on the fast path.
+* The three histograms are synchronous instruments, as the API has no other
+  kind. A record costs the SDK several microseconds, more than a checkout, so
+  the pool does not call it: the core counts durations in fixed buckets and
+  the recorder's thread replays what each bucket gained since the last tick,
+  each value as the mean of that bucket's new values (inside the bucket, so
+  with the default boundaries, which are ours, counts and sums are exact).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import weakref
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Tuple
+
+from opentelemetry.metrics import (
+    CallbackOptions,
+    NoOpMeterProvider,
+    Observation,
+    get_meter_provider,
+)
+
+from . import __version__
+from ._logging import logger
+from ._metrics import merge, read, ticker
+from .stats import BUCKETS, Figures
+
+__all__ = ["bind"]
+
+POOL_NAME = "db.client.connection.pool.name"
+STATE = "db.client.connection.state"
+
+# Provider -> its binding. Weakly keyed where the provider allows it, so a
+# test's short-lived provider does not outlive its test.
+_bindings: weakref.WeakKeyDictionary[Any, _Binding] = weakref.WeakKeyDictionary()
+_strong: Dict[int, Tuple[Any, _Binding]] = {}
+_lock = threading.Lock()
+
+
+def bind(shell: Any, provider: Any = None) -> None:
+    """Record the pool of ``shell`` to ``provider`` (None: the global one)."""
+    if provider is None:
+        # Until the app sets one, the global provider is a proxy whose meters
+        # forward to the real one once it is set: pools built first record too.
+        provider = get_meter_provider()
+    with _lock:
+        try:
+            binding = _bindings.get(provider)
+        except TypeError:  # not weakly referenceable
+            binding = _strong.get(id(provider), (None, None))[1]
+        if binding is None:
+            binding = _Binding(provider)
+            try:
+                _bindings[provider] = binding
+            except TypeError:
+                _strong[id(provider)] = (provider, binding)
+    binding.add(shell)
+
+
+class _Binding:
+    """The instruments on one provider's meter, and the pools recording to it."""
+
+    def __init__(self, provider: Any) -> None:
+        meter = provider.get_meter("pgreservoir", __version__)
+        # Whether records would go nowhere: a no-op provider, or the global
+        # proxy before the app set a provider (then replays wait, and catch
+        # up once it is set). A callable, as the global one may be set later.
+        self._idle: Callable[[], bool] = lambda: False
+        if isinstance(provider, NoOpMeterProvider):
+            self._idle = lambda: True
+        elif _is_unset_proxy(provider):
+            self._idle = lambda: _is_unset_proxy(get_meter_provider())
+        self._shells: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._shells_lock = threading.Lock()  # a leaf: guards _shells only
+        # What each pool's histograms held at the last replay (replay thread only).
+        self._replayed: weakref.WeakKeyDictionary[Any, Figures] = weakref.WeakKeyDictionary()
+        self._replay_lock = threading.Lock()
+        self._finished: weakref.WeakSet[Any] = weakref.WeakSet()  # closed, replayed
+
+        def gauge(name: str, unit: str, description: str, read_value: Any) -> None:
+            meter.create_observable_up_down_counter(
+                name, callbacks=[self._callback(read_value)], unit=unit, description=description
+            )
+
+        meter.create_observable_up_down_counter(
+            "db.client.connection.count",
+            callbacks=[self._callback(_count)],
+            unit="{connection}",
+            description="The number of connections that are currently in the state "
+            "given by db.client.connection.state (idle or used).",
+        )
+        gauge(
+            "db.client.connection.idle.max",
+            "{connection}",
+            "The most idle open connections the pool keeps.",
+            lambda f: f.idle_max,
+        )
+        gauge(
+            "db.client.connection.idle.min",
+            "{connection}",
+            "The fewest idle open connections the pool keeps (its min_size).",
+            lambda f: f.idle_min,
+        )
+        gauge(
+            "db.client.connection.max",
+            "{connection}",
+            "The most open connections the pool allows (its max_size).",
+            lambda f: f.max,
+        )
+        gauge(
+            "db.client.connection.pending_requests",
+            "{request}",
+            "The number of callers waiting for a connection.",
+            lambda f: f.pending_requests,
+        )
+        meter.create_observable_counter(
+            "db.client.connection.timeouts",
+            callbacks=[self._callback(lambda f: f.timeouts)],
+            unit="{timeout}",
+            description="The number of requests for a connection that timed out.",
+        )
+        bounds = list(BUCKETS)
+        self._histograms = (
+            (
+                meter.create_histogram(
+                    "db.client.connection.wait_time",
+                    unit="s",
+                    description="The time it took to obtain a connection from the pool.",
+                    explicit_bucket_boundaries_advisory=bounds,
+                ),
+                "wait_counts",
+                "wait_sums",
+            ),
+            (
+                meter.create_histogram(
+                    "db.client.connection.use_time",
+                    unit="s",
+                    description="The time between borrowing a connection and returning it.",
+                    explicit_bucket_boundaries_advisory=bounds,
+                ),
+                "use_counts",
+                "use_sums",
+            ),
+            (
+                meter.create_histogram(
+                    "db.client.connection.create_time",
+                    unit="s",
+                    description="The time it took to create a new connection.",
+                    explicit_bucket_boundaries_advisory=bounds,
+                ),
+                "create_counts",
+                "create_sums",
+            ),
+        )
+
+    def add(self, shell: Any) -> None:
+        with self._shells_lock:
+            self._shells.add(shell)
+        ticker.add(self.replay)
+
+    def _figures(self) -> List[Figures]:
+        """The figures of the open pools of this binding, one per pool name."""
+        with self._shells_lock:
+            shells = list(self._shells)
+        found = []
+        for shell in shells:
+            if not shell.core.closed:
+                fig = read(shell)
+                if fig is not None:
+                    found.append(fig)
+        return merge(found)
+
+    def _callback(
+        self, value: Callable[[Figures], Any]
+    ) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def observe(options: CallbackOptions) -> Iterable[Observation]:
+            try:
+                return list(_observations(self._figures(), value))
+            except Exception:  # never into the SDK, never into a pool
+                logger.warning("pgreservoir metrics callback failed", exc_info=True)
+                return []
+
+        return observe
+
+    def replay(self) -> None:
+        """Record to the histograms what each pool's buckets gained since the
+        last replay (run by the ticker, or flush_metrics())."""
+        if self._idle():
+            return
+        with self._shells_lock:
+            shells = list(self._shells)
+        with self._replay_lock:
+            for shell in shells:
+                if shell.core.closed:
+                    # A last time after close() (what it recorded until then).
+                    if shell in self._finished:
+                        continue
+                    self._finished.add(shell)
+                fig = read(shell)
+                if fig is None:
+                    continue
+                before = self._replayed.get(shell)
+                self._replayed[shell] = fig
+                attributes = {POOL_NAME: fig.name}
+                for histogram, counts_field, sums_field in self._histograms:
+                    counts = getattr(fig, counts_field)
+                    sums = getattr(fig, sums_field)
+                    if before is None:
+                        old_counts: Tuple[int, ...] = (0,) * len(counts)
+                        old_sums: Tuple[float, ...] = (0.0,) * len(sums)
+                    else:
+                        old_counts = getattr(before, counts_field)
+                        old_sums = getattr(before, sums_field)
+                    for index, (count, old) in enumerate(zip(counts, old_counts)):
+                        new = count - old
+                        if new > 0:
+                            value = _inside(index, (sums[index] - old_sums[index]) / new)
+                            for _ in range(new):
+                                histogram.record(value, attributes)
+
+
+def _is_unset_proxy(provider: Any) -> bool:
+    """Whether ``provider`` is the API's global proxy with no provider set yet."""
+    try:
+        from opentelemetry.metrics._internal import _ProxyMeterProvider
+    except ImportError:  # another API version: assume it records
+        return False
+    return isinstance(provider, _ProxyMeterProvider)
+
+
+def _inside(index: int, mean: float) -> float:
+    """``mean`` kept inside bucket ``index`` (floating-point sums may stray)."""
+    lower = BUCKETS[index - 1] if index else 0.0
+    upper = BUCKETS[index] if index < len(BUCKETS) else math.inf
+    if mean <= lower:
+        return math.nextafter(lower, math.inf) if index else 0.0
+    return min(mean, upper)
+
+
+def _count(fig: Figures) -> Iterator[Tuple[int, Dict[str, str]]]:
+    yield fig.idle, {POOL_NAME: fig.name, STATE: "idle"}
+    yield fig.used, {POOL_NAME: fig.name, STATE: "used"}
+
+
+def _observations(figures: List[Figures], value: Callable[[Figures], Any]) -> Iterator[Observation]:
+    for fig in figures:
+        got = value(fig)
+        if isinstance(got, int):
+            yield Observation(got, {POOL_NAME: fig.name})
+        else:
+            for amount, attributes in got:
+                yield Observation(amount, attributes)
