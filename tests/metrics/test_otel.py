@@ -210,7 +210,7 @@ def test_a_failing_metrics_read_never_breaks_the_pool(
         with pool.connection() as conn:  # the pool serves on
             assert scalar(conn, "SELECT 1") == 1
     finally:
-        del pool._shell.figures  # type: ignore[misc]
+        del pool._shell.figures
         pool.close()
         other.close()
 

@@ -199,6 +199,6 @@ def test_a_failing_pool_read_leaves_the_scrape_and_the_pool_working(
         with pool.connection() as conn:
             assert scalar(conn, "SELECT 1") == 1
     finally:
-        del pool._shell.figures  # type: ignore[misc]
+        del pool._shell.figures
         pool.close()
         other.close()
