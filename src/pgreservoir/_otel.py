@@ -12,7 +12,8 @@ pool that records to that provider.
 * The three histograms are synchronous instruments, as the API has no other
   kind. A record costs the SDK several microseconds, more than a checkout, so
   the pool does not call it: the core counts durations in fixed buckets and
-  the recorder's thread replays what each bucket gained since the last tick,
+  the recorder's thread (every 0.5 s) and each collection replay what each
+  bucket gained since the last replay,
   each value as the mean of that bucket's new values (inside the bucket, so
   with the default boundaries, which are ours, counts and sums are exact).
 """
@@ -95,7 +96,7 @@ class _Binding:
 
         meter.create_observable_up_down_counter(
             "db.client.connection.count",
-            callbacks=[self._callback(_count)],
+            callbacks=[self._replay_first, self._callback(_count)],
             unit="{connection}",
             description="The number of connections that are currently in the state "
             "given by db.client.connection.state (idle or used).",
@@ -192,6 +193,17 @@ class _Binding:
                 return []
 
         return observe
+
+    def _replay_first(self, options: CallbackOptions) -> Iterable[Observation]:
+        """The SDK collects: first bring the histograms up to date, so that this
+        collection has every value (the SDK reads its synchronous instruments
+        after calling back the observable ones; recording meanwhile takes none
+        of the locks it holds)."""
+        try:
+            self.replay()
+        except Exception:
+            logger.warning("pgreservoir metrics replay failed", exc_info=True)
+        return []
 
     def replay(self) -> None:
         """Record to the histograms what each pool's buckets gained since the

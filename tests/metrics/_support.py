@@ -28,7 +28,7 @@ EXPECTED = {
 class Collected:
     """One collection: metric name -> (unit, kind, monotonic, [(attributes, point)])."""
 
-    def __init__(self, reader: InMemoryMetricReader, *, flush: bool = True) -> None:
+    def __init__(self, reader: InMemoryMetricReader, *, flush: bool = False) -> None:
         if flush:
             flush_metrics()
         self.metrics: Dict[str, Tuple[str, str, Any, List[Tuple[Dict[str, Any], Any]]]] = {}

@@ -65,7 +65,7 @@ def test_connection_pool_records_every_metric(
         waiter = threading.Thread(target=lambda: served.append(pool.getconn(timeout=DEADLINE)))
         waiter.start()
         wait_until(
-            lambda: Collected(reader, flush=False).value(
+            lambda: Collected(reader).value(
                 "db.client.connection.pending_requests", name
             )
             == 1,
@@ -308,7 +308,7 @@ _GLOBAL_SCRIPT = textwrap.dedent(
 
     import pgreservoir.pool
     import pgreservoir.psycopg_pool as pp
-    from pgreservoir import AsyncConnectionPool, ConnectionPool, flush_metrics
+    from pgreservoir import AsyncConnectionPool, ConnectionPool
 
     dsn = sys.argv[1]
     # Built before the app configures OpenTelemetry: it records all the same.
@@ -334,7 +334,6 @@ _GLOBAL_SCRIPT = textwrap.dedent(
             async with AsyncConnectionPool(dsn, min_size=1, name="async") as q:
                 async with q.connection():
                     pass
-                flush_metrics()
                 return reader.get_metrics_data()
 
     data = asyncio.run(use_async())
