@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import threading
 import weakref
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from opentelemetry.metrics import (
     CallbackOptions,
@@ -45,28 +45,41 @@ STATE = "db.client.connection.state"
 # Provider -> its binding. Weakly keyed where the provider allows it, so a
 # test's short-lived provider does not outlive its test.
 _bindings: weakref.WeakKeyDictionary[Any, _Binding] = weakref.WeakKeyDictionary()
-_strong: Dict[int, Tuple[Any, _Binding]] = {}
+_strong: Dict[int, Tuple[Any, Any]] = {}
+# The binding made on the global proxy before the app set a provider, if any.
+_proxy: List[_Binding] = []
 _lock = threading.Lock()
 
 
 def bind(shell: Any, provider: Any = None) -> None:
     """Record the pool of ``shell`` to ``provider`` (None: the global one)."""
+    current = get_meter_provider()
     if provider is None:
         # Until the app sets one, the global provider is a proxy whose meters
         # forward to the real one once it is set: pools built first record too.
-        provider = get_meter_provider()
+        provider = current
     with _lock:
-        try:
-            binding = _bindings.get(provider)
-        except TypeError:  # not weakly referenceable
-            binding = _strong.get(id(provider), (None, None))[1]
+        # The global provider set after pools bound to the proxy: the proxy's
+        # instruments are this provider's already (an SDK ignores the
+        # callbacks of an instrument registered twice).
+        binding = _proxy[0] if provider is current and _proxy else _lookup(provider)
         if binding is None:
             binding = _Binding(provider)
+            if _is_unset_proxy(provider):
+                _proxy.append(binding)
             try:
                 _bindings[provider] = binding
             except TypeError:
                 _strong[id(provider)] = (provider, binding)
     binding.add(shell)
+
+
+def _lookup(provider: Any) -> Optional[_Binding]:
+    try:
+        return _bindings.get(provider)
+    except TypeError:  # not weakly referenceable
+        found: Optional[_Binding] = _strong.get(id(provider), (None, None))[1]
+        return found
 
 
 class _Binding:

@@ -316,10 +316,13 @@ _GLOBAL_SCRIPT = textwrap.dedent(
     with early.connection():
         pass
     reader = InMemoryMetricReader()
-    metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+    provider = MeterProvider(metric_readers=[reader])
+    metrics.set_meter_provider(provider)
     pools = [
         early,
         ConnectionPool(dsn, min_size=1, name="modern"),
+        # The global provider named explicitly as well: recorded once, not lost.
+        ConnectionPool(dsn, min_size=1, name="explicit", meter_provider=provider),
         pgreservoir.pool.ThreadedConnectionPool(1, 2, dsn),
         pp.ConnectionPool(dsn, min_size=1, name="psycopg-pool"),
     ]
@@ -365,6 +368,7 @@ def test_every_pool_records_to_the_global_provider(postgres_dsn: str, tmp_path: 
     seen = dict(eval(out.stdout.strip().splitlines()[-1]))
     assert seen.pop("early") == 1
     assert seen.pop("modern") == 1
+    assert seen.pop("explicit") == 1
     assert seen.pop("psycopg-pool") == 1
     assert seen.pop("psycopg-pool-async") == 1
     assert seen.pop("async") == 1
