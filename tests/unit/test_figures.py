@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from pgreservoir._core import CLEAN, Entry, Plan
-from pgreservoir.stats import BUCKETS, DurationHistogram
+from pgreservoir.stats import BUCKETS, COUNTER_KEYS, GAUGE_KEYS, TIMING_KEYS, DurationHistogram
 
 from .fakes import FakeConn, make_core
 from .test_core import T0, checkout, fill, probe, take
@@ -99,3 +99,9 @@ def test_a_connection_the_caller_opens_itself_waited_for_its_connect() -> None:
     assert fig.wait_counts[BUCKETS.index(0.005)] == 1
     assert fig.create_counts[BUCKETS.index(0.005)] == 1
     assert core.stats()["connect_ms_max"] == pytest.approx(4.0)
+
+
+def test_stats_has_every_declared_key() -> None:
+    core = make_core(min_size=1, max_size=1)
+    fill(core, 1)
+    assert set(GAUGE_KEYS) | set(COUNTER_KEYS) | set(TIMING_KEYS) <= set(core.stats())
