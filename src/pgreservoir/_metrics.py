@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import weakref
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
@@ -139,25 +140,28 @@ def _add(a: Any, b: Any) -> Any:
 
 class Ticker:
     """One daemon thread per process that runs the exporters' periodic jobs
-    (every :data:`TICK` seconds), started by the first job. A job that raises
-    is logged and runs again next time; after a fork the child starts its
-    own thread at its next job registration or at the fork itself."""
+    (every :data:`TICK` seconds). A job returns whether it had work (a live
+    pool to serve); the thread ends once none has, and the next job added
+    starts it again, so a process whose pools are gone keeps no thread. A job
+    that raises is logged and runs again next time. After a fork the child
+    starts its own thread if any job is registered."""
 
     def __init__(self) -> None:
-        self._jobs: List[Callable[[], None]] = []
+        self._jobs: List[Callable[[], bool]] = []
         self._lock = threading.Lock()
-        self._wake = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._pid = 0
+        self._added = 0  # add() calls: a thread may end only if none came meanwhile
 
-    def add(self, job: Callable[[], None]) -> None:
-        """Run ``job()`` every tick from now on."""
+    def add(self, job: Callable[[], bool]) -> None:
+        """Run ``job()`` every tick from now on (again, if it is there already)."""
         with self._lock:
             if job not in self._jobs:
                 self._jobs.append(job)
+            self._added += 1
         self._ensure()
 
-    def remove(self, job: Callable[[], None]) -> None:
+    def remove(self, job: Callable[[], bool]) -> None:
         """Stop running ``job``."""
         with self._lock:
             if job in self._jobs:
@@ -165,17 +169,22 @@ class Ticker:
 
     def run_now(self) -> None:
         """Run every job now, in this thread."""
-        for job in self._snapshot():
+        for job in self._snapshot()[0]:
             self._run(job)
 
-    def _snapshot(self) -> Tuple[Callable[[], None], ...]:
+    @property
+    def running(self) -> bool:
+        """Whether this process's thread runs (for tests)."""
+        thread = self._thread
+        return thread is not None and thread.is_alive() and self._pid == os.getpid()
+
+    def _snapshot(self) -> Tuple[Tuple[Callable[[], bool], ...], int]:
         with self._lock:
-            return tuple(self._jobs)
+            return tuple(self._jobs), self._added
 
     def _ensure(self) -> None:
         with self._lock:
-            alive = self._thread is not None and self._thread.is_alive()
-            if (alive and self._pid == os.getpid()) or not self._jobs:
+            if self.running or not self._jobs:
                 return
             self._pid = os.getpid()
             self._thread = threading.Thread(
@@ -185,17 +194,24 @@ class Ticker:
 
     def _loop(self) -> None:
         me = threading.current_thread()
-        while self._thread is me:
-            self._wake.wait(TICK)
-            for job in self._snapshot():
-                self._run(job)
+        while True:
+            time.sleep(TICK)
+            jobs, added = self._snapshot()
+            busy = [self._run(job) for job in jobs]
+            with self._lock:
+                if self._thread is not me:
+                    return
+                if not any(busy) and added == self._added:
+                    self._thread = None
+                    return
 
     @staticmethod
-    def _run(job: Callable[[], None]) -> None:
+    def _run(job: Callable[[], bool]) -> bool:
         try:
-            job()
+            return bool(job())
         except Exception:
             logger.warning("a metrics job failed; it runs again later", exc_info=True)
+            return True
 
     def _after_fork_in_child(self) -> None:
         self._lock = threading.Lock()

@@ -218,11 +218,12 @@ class _Binding:
             logger.warning("pgreservoir metrics replay failed", exc_info=True)
         return []
 
-    def replay(self) -> None:
+    def replay(self) -> bool:
         """Record to the histograms what each pool's buckets gained since the
-        last replay (run by the ticker, or flush_metrics())."""
+        last replay (run by the ticker, or flush_metrics()); whether there was
+        anything to serve (an open pool, and a provider that records)."""
         if self._idle():
-            return
+            return False
         with self._shells_lock:
             shells = list(self._shells)
         with self._replay_lock:
@@ -253,6 +254,7 @@ class _Binding:
                             value = _inside(index, (sums[index] - old_sums[index]) / new)
                             for _ in range(new):
                                 histogram.record(value, attributes)
+        return any(not shell.core.closed for shell in shells)
 
 
 def _is_unset_proxy(provider: Any) -> bool:

@@ -153,8 +153,9 @@ def share_pools(directory: str) -> None:
     writer = _writers.get(directory)
     if writer is None:
 
-        def writer() -> None:
+        def writer() -> bool:
             _write(directory)
+            return True  # until stop_sharing(): the file stays current
 
         _writers[directory] = writer
     ticker.add(writer)

@@ -125,7 +125,17 @@ def test_every_workers_pool_is_scraped_and_they_add_up(
     def settled() -> bool:
         samples = samples_of(get(base + "/metrics"))
         uses = by_pid(samples, "db_client_connection_use_time_seconds_count")
-        return set(uses) == workers and sum(uses.values()) >= total
+        used = by_pid(samples, "db_client_connection_count", state="used")
+        idle = by_pid(samples, "db_client_connection_count", state="idle")
+        # Every worker's file written since its last request ended, and since
+        # its pool opened min_size (a worker that served nothing may have
+        # booted last, its first connect still under way).
+        return (
+            set(uses) == workers
+            and sum(uses.values()) >= total
+            and not any(used.values())
+            and all(idle.get(pid, 0) >= 1 for pid in workers)
+        )
 
     wait_until(settled, "every worker's pool in the scrape")
     samples = samples_of(get(base + "/metrics"))
@@ -138,7 +148,7 @@ def test_every_workers_pool_is_scraped_and_they_add_up(
     idle = by_pid(samples, "db_client_connection_count", state="idle")
     used = by_pid(samples, "db_client_connection_count", state="used")
     assert set(idle) == set(used) == workers
-    assert all(idle[pid] >= 1 and used[pid] == 0 for pid in workers)
+    assert all(idle[pid] >= 1 and used[pid] == 0 for pid in workers), (idle, used)
     creates = by_pid(samples, "db_client_connection_create_time_seconds_count")
     assert set(creates) == workers
     assert all(count >= 1 for count in creates.values())

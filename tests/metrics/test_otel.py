@@ -20,6 +20,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 import pgreservoir.pool as compat
 from pgreservoir import AsyncConnectionPool, ConnectionPool, PoolTimeout
+from pgreservoir._metrics import ticker
 from pgreservoir.stats import BUCKETS
 from support import DEADLINE, FLAVORS, Flavor, scalar, wait_until
 
@@ -231,6 +232,30 @@ def test_a_broken_meter_provider_is_logged_and_the_pool_works(
             assert scalar(conn, "SELECT 1") == 1
     finally:
         pool.close()
+
+
+def test_the_metrics_thread_ends_with_the_last_pool(
+    postgres_dsn: str, reader: InMemoryMetricReader, provider: Any
+) -> None:
+    pool = ConnectionPool(postgres_dsn, min_size=1, meter_provider=provider)
+    try:
+        assert ticker.running
+        with pool.connection():
+            pass
+        wait_until(
+            lambda: Collected(reader).point("db.client.connection.use_time", pool.name).count
+            == 1,
+            "the use time to be recorded",
+        )
+    finally:
+        pool.close()
+    wait_until(lambda: not ticker.running, "the pgreservoir-metrics thread to end")
+    # A new pool starts it again.
+    again = ConnectionPool(postgres_dsn, min_size=1, meter_provider=provider)
+    try:
+        assert ticker.running
+    finally:
+        again.close()
 
 
 def test_meter_provider_is_validated() -> None:
