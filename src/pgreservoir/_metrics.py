@@ -132,6 +132,16 @@ def merge(figures: Iterable[Figures]) -> List[Figures]:
     return list(by_name.values())
 
 
+def _after_fork_in_child() -> None:
+    # A lock held by another thread at the fork would stay held in the child.
+    global _lock  # noqa: PLW0603 (replaced, not shared: see above)
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _add(a: Any, b: Any) -> Any:
     if isinstance(a, tuple):
         return tuple(x + y for x, y in zip(a, b))
@@ -152,6 +162,7 @@ class Ticker:
         self._thread: Optional[threading.Thread] = None
         self._pid = 0
         self._added = 0  # add() calls: a thread may end only if none came meanwhile
+        self._failed: List[Callable[[], bool]] = []  # jobs that raised (logged once)
 
     def add(self, job: Callable[[], bool]) -> None:
         """Run ``job()`` every tick from now on (again, if it is there already)."""
@@ -205,12 +216,18 @@ class Ticker:
                     self._thread = None
                     return
 
-    @staticmethod
-    def _run(job: Callable[[], bool]) -> bool:
+    def _run(self, job: Callable[[], bool]) -> bool:
         try:
             return bool(job())
         except Exception:
-            logger.warning("a metrics job failed; it runs again later", exc_info=True)
+            first = job not in self._failed
+            self._failed.append(job)
+            logger.log(
+                logging.WARNING if first else logging.DEBUG,
+                "a metrics job failed%s; it runs again later",
+                "" if first else " again",
+                exc_info=True,
+            )
             return True
 
     def _after_fork_in_child(self) -> None:
