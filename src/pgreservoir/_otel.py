@@ -33,7 +33,6 @@ from opentelemetry.metrics import (
     get_meter_provider,
 )
 
-from . import __version__
 from ._logging import logger
 from ._metrics import merge, read, ticker
 from .stats import BUCKETS, Figures
@@ -93,7 +92,7 @@ class _Binding:
     """The instruments on one provider's meter, and the pools recording to it."""
 
     def __init__(self, provider: Any) -> None:
-        meter = provider.get_meter("pgreservoir", __version__)
+        meter = provider.get_meter("pgreservoir", _version())
         # Whether records would go nowhere: a no-op provider, or the global
         # proxy before the app set a provider (then replays wait, and catch
         # up once it is set). A callable, as the global one may be set later.
@@ -280,6 +279,16 @@ class _Binding:
                             if sent < new:
                                 self._dropped(fig.name, new - sent)
         return any(not shell.core.closed for shell in shells)
+
+
+def _version() -> Optional[str]:
+    """pgreservoir's version, for the meter's instrumentation scope."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("pgreservoir")
+    except metadata.PackageNotFoundError:  # run from a source tree
+        return None
 
 
 def _after_fork_in_child() -> None:
