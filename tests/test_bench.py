@@ -32,7 +32,7 @@ from pgreservoir._bench import (
     run_once,
     run_once_async,
 )
-from pgreservoir._bench.command import BenchOptions, bench
+from pgreservoir._bench.command import BenchOptions, bench, select_contenders
 from pgreservoir._bench.contenders import DEDICATED
 from pgreservoir._bench.report import check_targets, format_ms, format_table
 from pgreservoir._bench.runner import (
@@ -46,7 +46,9 @@ from pgreservoir.cli import main
 
 BY_KEY = {c.key: c for c in CONTENDERS}
 # pgreservoir's pools present in this checkout (ThreadedConnectionPool lives in pool.py).
-OURS = [c for c in CONTENDERS if c.kind == "pgreservoir" and c.missing() is None]
+OURS = [c for c in CONTENDERS if c.kind == "pgreservoir" and c.missing() is None and c.in_default]
+# Run only when named (pgreservoir with metrics on): the guard tests run them too.
+NAMED_ONLY = [c for c in CONTENDERS if not c.in_default and c.missing() is None]
 # The drop-in at psycopg2's defaults does not wait: it is unfair and retried
 # by design, like psycopg2.pool (the bench compares the two).
 DROPIN = "pgreservoir-dropin"
@@ -107,6 +109,7 @@ def test_quick_run_starts_its_own_server_and_reports(tmp_path: Path) -> None:
     ran = set(document["settings"]["contenders"])
     assert set(ALWAYS + ALWAYS_ASYNC) <= ran
     assert {c.key for c in OURS} <= ran
+    assert "pgreservoir-otel" not in ran  # run only when named
     for scenario in document["scenarios"]:
         rows = _summaries(scenario)
         asyncio_workload = scenario["asyncio"]
@@ -146,6 +149,14 @@ def test_quick_run_starts_its_own_server_and_reports(tmp_path: Path) -> None:
     for result in memory.values():
         assert result["checkouts"] == 20000
         assert result["ok"] is True, result
+
+
+def test_the_metrics_contender_runs_when_named() -> None:
+    # pgreservoir with an OpenTelemetry SDK: metrics on, against "pgreservoir", off.
+    assert not BY_KEY["pgreservoir-otel"].in_default
+    chosen, _ = select_contenders(["pgreservoir", "pgreservoir-otel"])
+    assert [c.key for c in chosen] == ["pgreservoir", "pgreservoir-otel"]
+    assert "pgreservoir-otel" not in {c.key for c in select_contenders(None)[0]}
 
 
 def test_list_names_every_contender(capsys: pytest.CaptureFixture[str]) -> None:
@@ -215,6 +226,22 @@ def test_guard_pgreservoir_serves_every_thread_fairly(
     assert len(run.thread_ops) == 16
     assert min(run.thread_ops) > 0, run.thread_ops  # nobody starved
     assert run.fairness >= 0.5, run.thread_ops
+    assert run.peak_connections is not None
+    assert run.peak_connections <= 4
+
+
+@pytest.mark.parametrize("contender", NAMED_ONLY, ids=[c.key for c in NAMED_ONLY])
+def test_guard_the_named_only_contenders_run(
+    contender: Any, postgres_dsn: str, sampler: ConnectionSampler
+) -> None:
+    # (Not held to the fairness bound: its exporter thread competes for the
+    # GIL in a 0.2 s run, which is what it is there to show.)
+    run = run_once(contender, CONTENTION, Target(postgres_dsn, f"guard-{contender.key}"),
+                   duration=None, ops=BUDGET, sampler=sampler)
+    assert run.failed is None
+    assert run.errors == 0, run.first_error
+    assert run.ops == BUDGET
+    assert min(run.thread_ops) > 0, run.thread_ops
     assert run.peak_connections is not None
     assert run.peak_connections <= 4
 

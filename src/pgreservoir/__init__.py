@@ -7,6 +7,7 @@ drop-in replacements for the classes of ``psycopg2.pool``.
 
 from __future__ import annotations
 
+from ._metrics import flush_metrics
 from ._reset import async_discard_all, discard_all
 from .async_connection_pool import AsyncConnectionPool
 from .async_routing import AsyncRoutingPool
@@ -29,6 +30,7 @@ __all__ = [
     "__version__",
     "async_discard_all",
     "discard_all",
+    "flush_metrics",
 ]
 
 __version__ = "0.1.0"

@@ -118,6 +118,15 @@ def _name(name: str, value: Any) -> Any:
     return value
 
 
+def _meter_provider(name: str, value: Any) -> Any:
+    if value is not None and not callable(getattr(value, "get_meter", None)):
+        raise TypeError(
+            f"{name} must be an OpenTelemetry MeterProvider (with get_meter()), or None "
+            f"for the global one; got {value!r}"
+        )
+    return value
+
+
 class _Masked(Dict[str, Any]):
     """A dict of libpq options whose repr() shows secrets as ``***`` (so does
     the repr of every PoolOptions, including a subclass's generated one)."""
@@ -232,6 +241,12 @@ class PoolOptions:
         dict(DEFAULT_CONNECT_OPTIONS),
         _mapping,
         "libpq options added unless the DSN or the keywords set them",
+    )
+    meter_provider: Optional[object] = _option(
+        None,
+        _meter_provider,
+        "the OpenTelemetry MeterProvider the pool's metrics go to (meter 'pgreservoir'); "
+        "None: the global one, when opentelemetry-api is installed (see docs/observability.md)",
     )
 
     def __post_init__(self) -> None:

@@ -52,6 +52,7 @@ import warnings
 import weakref
 from typing import Any, Awaitable, Callable, Coroutine, Dict, List, Optional, Set, Tuple
 
+from .. import _metrics
 from .._core import (
     BROKEN,
     CLEAN,
@@ -202,6 +203,7 @@ class AsyncPool:
         self._busy: Dict[int, Any] = {}
         self._started = False
         _SHELLS.add(self)
+        _metrics.track(self, options.meter_provider)
 
     # ------------------------------------------------------------------
     # The event loop
@@ -794,6 +796,11 @@ class AsyncPool:
     def gauges(self) -> Any:
         """Just the gauges."""
         return self.core.gauges()
+
+    def figures(self) -> Any:
+        """What the metrics exporters read (``stats.Figures``). Called from any
+        thread: the core reads atomically what it gives (see Core.figures)."""
+        return self.core.figures()
 
     def describe(self) -> str:
         """Short state for repr()."""

@@ -76,6 +76,8 @@ def select_contenders(keys: Optional[Sequence[str]]) -> Tuple[List[Contender], L
         chosen = []
         notes = []
         for contender in CONTENDERS:
+            if not contender.in_default:
+                continue
             missing = contender.missing()
             if missing is None:
                 chosen.append(contender)

@@ -212,6 +212,8 @@ class Contender:
     driver: str = "psycopg2"
     # Driven by tasks on an event loop (open_async), in the asyncio workloads only.
     is_async: bool = False
+    # Run when no --contenders are given; else only when named.
+    in_default: bool = True
 
     def missing(self) -> Optional[str]:
         """None when it can run here, else what to install."""
@@ -308,6 +310,50 @@ def _open_pgreservoir(
     )
     pool.wait(ACQUIRE_TIMEOUT)
     return Session(pool.getconn, pool.putconn, pool.close, warm=size)
+
+
+def _open_pgreservoir_otel(target: Target, size: int) -> Session:
+    # As "pgreservoir", recording to an OpenTelemetry SDK that collects every
+    # second (replaying the histograms, reading the gauges) into an exporter
+    # that drops the data: the cost of metrics on, exporters included.
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import (
+        MetricExporter,
+        MetricExportResult,
+        PeriodicExportingMetricReader,
+    )
+
+    from ..connection_pool import ConnectionPool
+
+    class Discard(MetricExporter):
+        def export(self, metrics_data: Any, timeout_millis: float = 10_000, **kwargs: Any) -> Any:
+            return MetricExportResult.SUCCESS
+
+        def force_flush(self, timeout_millis: float = 10_000) -> bool:
+            return True
+
+        def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+            return None
+
+    provider = MeterProvider(
+        metric_readers=[PeriodicExportingMetricReader(Discard(), export_interval_millis=1000)]
+    )
+    pool = ConnectionPool(
+        target.dsn,
+        min_size=size,
+        max_size=size,
+        timeout=ACQUIRE_TIMEOUT,
+        name="bench-otel",
+        meter_provider=provider,
+        **target.psycopg2_kwargs(),
+    )
+    pool.wait(ACQUIRE_TIMEOUT)
+
+    def close() -> None:
+        pool.close()
+        provider.shutdown()
+
+    return Session(pool.getconn, pool.putconn, close, warm=size)
 
 
 def _open_pgreservoir_threaded(target: Target, size: int) -> Session:
@@ -563,6 +609,16 @@ CONTENDERS: Tuple[Contender, ...] = (
         functools.partial(_open_pgreservoir, strict=True),
         "pgreservoir.ConnectionPool with barge_window=0: strict first come, first served "
         "(see docs/fairness.md)",
+    ),
+    Contender(
+        "pgreservoir-otel",
+        "pgreservoir +otel",
+        "pgreservoir",
+        ("opentelemetry.sdk",),
+        _open_pgreservoir_otel,
+        "pgreservoir.ConnectionPool recording to an OpenTelemetry SDK that collects every "
+        "second (run only when named: compare it with pgreservoir for the cost of metrics)",
+        in_default=False,
     ),
     Contender(
         "pgreservoir-psycopg",

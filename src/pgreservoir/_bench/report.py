@@ -182,7 +182,8 @@ def _ours(scenario: ScenarioResult, driver: str = "psycopg2") -> List[Summary]:
         and s.contender.driver == driver
         # The targets are the defaults': not the unfair drop-in (see
         # _check_dropin), nor the strict line shown beside the default.
-        and s.contender.key not in ("pgreservoir-dropin", "pgreservoir-fifo")
+        # nor the metrics contender (compared with the default, by hand).
+        and s.contender.key not in ("pgreservoir-dropin", "pgreservoir-fifo", "pgreservoir-otel")
         and s.failed is None
     ]
 

@@ -48,12 +48,14 @@ import math
 import random
 import sys
 import weakref
+from bisect import bisect_left as _bisect
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple, Type, Union
 
 from ..errors import PoolClosed, PoolError, PoolTimeout, TooManyRequests
 from ..options import PoolOptions
-from ..stats import GAUGE_KEYS, WaitHistogram
+from ..stats import BUCKETS as _BUCKETS
+from ..stats import GAUGE_KEYS, DurationHistogram, Figures, WaitHistogram
 from .plan import Plan
 from .records import CHECK, PING, PROBE, CloseReason, Entry, State, Waiter
 
@@ -264,6 +266,14 @@ class Core:
         self._connect_seconds = 0.0  # spent in connects that succeeded
         self._leaked = 0
         self._waits = WaitHistogram()
+        # Durations for the metrics (see stats.Figures) and stats(): waits in
+        # line (callers served at once are only counted, in _at_once, as
+        # zero waits), time held between hand-out and return (recorded at
+        # every check-in, which reads the clock anyway), connect times.
+        self._at_once = 0
+        self._wait_time = DurationHistogram()
+        self._use_time = DurationHistogram()
+        self._create_time = DurationHistogram()
 
     # ------------------------------------------------------------------
     # Checkout
@@ -290,6 +300,7 @@ class Core:
             if entry.expires > now:
                 if not retry:
                     self._requests += 1
+                self._at_once += 1
                 # _give(), inlined: this is every checkout's path.
                 entry.state = _IN_USE
                 entry.taken_at = now
@@ -386,6 +397,7 @@ class Core:
             self._serve_overdue(now, plan)
         entry = self._pop_idle(now, plan)
         if entry is not None:
+            self._at_once += 1
             self._give(entry, now)
             plan.entry = entry
             self._maybe_open(now, plan)
@@ -482,6 +494,7 @@ class Core:
             self._waiters.remove(waiter)
         waited = now - waiter.since
         self._waits.record(waited)
+        self._wait_time.record(waited)
         if interrupted:
             self._cancelled += 1
         else:
@@ -591,6 +604,14 @@ class Core:
         if entry is None or self.in_use.pop(entry.key, None) is not entry:
             return self._bad_return(conn)
         entry.conn = conn
+        # self._use_time.record(), inlined: this is every check-in's path.
+        held = now - entry.taken_at
+        uses = self._use_time
+        index = _bisect(_BUCKETS, held)
+        uses.counts[index] += 1
+        uses.sums[index] += held
+        if held > uses.max_seconds:  # noqa: PLR1730 (a compare is cheaper than max())
+            uses.max_seconds = held
         if (
             verdict == CLEAN
             and entry.expires > now
@@ -700,7 +721,9 @@ class Core:
         self._give(entry, now)
         entry.leased = now
         entry.spell = 0
-        self._waits.record(now - waiter.since)
+        waited = now - waiter.since
+        self._waits.record(waited)
+        self._wait_time.record(waited)
         waiter.entry = entry
         return waiter
 
@@ -800,7 +823,9 @@ class Core:
             plan.add("close", ticket)
             return plan
         self._end_open(ticket)
-        self._connect_seconds += max(0.0, now - ticket.created)
+        took = max(0.0, now - ticket.created)
+        self._connect_seconds += took
+        self._create_time.record(took)
         if self._collected:
             # A connection handed out and then garbage-collected may have left
             # its entry under the id this new connection now has: free that
@@ -829,6 +854,8 @@ class Core:
             if ticket.for_caller:
                 plan.error = self._error(PoolClosed, "connection pool is closed")
         elif ticket.for_caller:
+            # The caller opened it in its own thread: that was its wait.
+            self._wait_time.record(took)
             self._give(ticket, now)
             ticket.vet = self._vet
             plan.entry = ticket
@@ -1290,8 +1317,42 @@ class Core:
             wait_ms_p50=self._waits.percentile_ms(0.50, unwaited),
             wait_ms_p99=self._waits.percentile_ms(0.99, unwaited),
             wait_ms_max=round(self._waits.max_seconds * 1000.0, 3),
+            use_ms_total=round(self._use_time.total_seconds * 1000.0, 3),
+            use_ms_p50=self._use_time.quantile_ms(0.50),
+            use_ms_p99=self._use_time.quantile_ms(0.99),
+            use_ms_max=round(self._use_time.max_seconds * 1000.0, 3),
+            connect_ms_p50=self._create_time.quantile_ms(0.50),
+            connect_ms_p99=self._create_time.quantile_ms(0.99),
+            connect_ms_max=round(self._create_time.max_seconds * 1000.0, 3),
         )
         return result
+
+    def figures(self) -> Figures:
+        """What the metrics exporters read (see :class:`~pgreservoir.stats.Figures`).
+
+        Reads only counters, lengths and list copies, each atomic under the
+        GIL: the asyncio shell's core may be read from another thread (an
+        exporter's) without stopping its event loop, at worst a few
+        operations out of step between fields.
+        """
+        waits = self._wait_time.counts[:]
+        waits[0] += self._at_once  # served at once: zero waits
+        return Figures(
+            self.name,
+            len(self._idle),
+            len(self.in_use) + len(self._reserved),
+            len(self._waiters),
+            self.min_size,
+            self.max_size if self._keep_idle else 0,
+            self.max_size,
+            self._timeouts,
+            tuple(waits),
+            tuple(self._wait_time.sums),
+            tuple(self._use_time.counts),
+            tuple(self._use_time.sums),
+            tuple(self._create_time.counts),
+            tuple(self._create_time.sums),
+        )
 
     def describe(self) -> str:
         """Short state for repr(): ``open size=3/10 idle=1 in_use=2 waiting=0``."""

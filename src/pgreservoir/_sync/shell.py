@@ -35,6 +35,7 @@ import time
 import weakref
 from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
+from .. import _metrics
 from .._core import (
     BROKEN,
     CLEAN,
@@ -126,6 +127,7 @@ class SyncPool:
         self._started = False
         self._maintainer = Maintainer(self)
         _SHELLS.add(self)
+        _metrics.track(self, options.meter_provider)
 
     # ------------------------------------------------------------------
     # Life cycle
@@ -781,6 +783,11 @@ class SyncPool:
         """Just the gauges (size, idle, in_use, waiting...)."""
         with self._lock:
             return self.core.gauges()
+
+    def figures(self) -> Any:
+        """What the metrics exporters read (``stats.Figures``), under the lock."""
+        with self._lock:
+            return self.core.figures()
 
     def describe(self) -> str:
         """Short state for repr()."""
