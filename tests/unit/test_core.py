@@ -685,6 +685,7 @@ def test_a_refusal_without_the_lock_refuses_only_what_checkout_would() -> None:
     assert gauges == core.checkout(T0, 0.0) == (2, 2, 2, 0, 2, 0, 0)
     stats = core.stats()
     assert (stats["requests"], stats["timeouts"]) == (4, 2)  # both refusals counted
+    assert core.figures().timeouts == 2  # and in the metrics
     assert "size 2/2" in str(core.refused(gauges))
     # A slot being re-opened (a broken connection returned): take the lock.
     give(core, held.pop(), BROKEN)

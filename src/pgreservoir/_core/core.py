@@ -1345,7 +1345,7 @@ class Core:
             self.min_size,
             self.max_size if self._keep_idle else 0,
             self.max_size,
-            self._timeouts,
+            self._timeouts + self._refused_unlocked,
             tuple(waits),
             tuple(self._wait_time.sums),
             tuple(self._use_time.counts),
