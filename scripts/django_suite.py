@@ -56,7 +56,8 @@ def main() -> int:
     parser.add_argument("--log", type=Path, help="write runtests.py's output here too")
     parser.add_argument("labels", nargs="*")
     args, extra = parser.parse_known_args()
-    labels = [label for label in args.labels if label != "--"]
+    # Whatever follows "--" goes to runtests.py as it is (labels and options).
+    labels = [arg for arg in [*extra, *args.labels] if arg != "--"]
     engine = "pgreservoir.django" if args.engine == "ours" else "django.db.backends.postgresql"
     options = {"pool": True} if args.pool else {}
     with PostgresServer(max_connections=300) as server, tempfile.TemporaryDirectory() as tmp:
@@ -71,7 +72,7 @@ def main() -> int:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([tmp, str(args.tests_dir)]))
         command = [
             sys.executable, "-u", "runtests.py", "--settings=pgr_suite_settings",
-            f"--parallel={args.parallel}", "--noinput", *extra, *labels,
+            f"--parallel={args.parallel}", "--noinput", *labels,
         ]
         proc = subprocess.Popen(
             command, cwd=args.tests_dir, env=env, stdout=subprocess.PIPE,

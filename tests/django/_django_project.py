@@ -8,6 +8,7 @@ server of the tests' own, so every alias points at a real database:
 ``role``     pooled with ``assume_role`` and a user ``configure`` that counts calls
 ``tmpl``     pooled, on a database of its own (used as a CREATE DATABASE template)
 ``direct``   ``OPTIONS["pool"]`` False: a new connection per connect, as Django does
+``docs``     docs/django.md's settings example
 
 The module is also the ROOT_URLCONF.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable, Dict, List
 
 from django.db import connections
@@ -71,6 +73,16 @@ def _database(server: PostgresServer, name: str, **extra: Any) -> Dict[str, Any]
     }
 
 
+def docs_example() -> Dict[str, Any]:
+    """The DATABASES of docs/django.md's settings example (its first python block)."""
+    text = (Path(__file__).parents[2] / "docs" / "django.md").read_text()
+    block = text.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: Dict[str, Any] = {}
+    exec(block, namespace)
+    databases: Dict[str, Any] = namespace["DATABASES"]
+    return databases
+
+
 def configure(server: PostgresServer) -> None:
     """settings.configure() for this project on ``server``, then django.setup()."""
     from django.conf import settings
@@ -120,6 +132,11 @@ def configure(server: PostgresServer) -> None:
             ),
             "tmpl": _database(server, TEMPLATE_DB, OPTIONS={"pool": True}),
             "direct": _database(server, DBNAME, OPTIONS={}),
+            # docs/django.md's example as it is, but for where the server is.
+            "docs": {
+                **docs_example()["default"],
+                **{k: v for k, v in _database(server, DBNAME).items() if k != "ENGINE"},
+            },
         },
     )
     django.setup()

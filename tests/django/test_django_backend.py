@@ -344,3 +344,15 @@ def test_unknown_pool_option_is_refused(server: PostgresServer) -> None:
     conn = _wrapper("open", OPTIONS={"pool": {"open": True}})
     with pytest.raises(ImproperlyConfigured, match="remove 'open'"):
         conn.ensure_connection()
+
+
+def test_the_settings_example_in_the_docs_works(server: PostgresServer) -> None:
+    example = project.docs_example()["default"]
+    assert example["ENGINE"] == "pgreservoir.django"
+    conn = _db("docs")  # the example, with the test server's address (see _django_project)
+    with conn.cursor() as cur:
+        cur.execute("SELECT 1")
+        assert cur.fetchone() == (1,)
+    pool = _pool("docs")
+    assert (pool.min_size, pool.max_size, pool.timeout) == (2, 10, 10.0)
+    assert pool.options.check is None  # CONN_HEALTH_CHECKS False
