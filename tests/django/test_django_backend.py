@@ -8,6 +8,7 @@ everything below is proven on psycopg2 too.
 from __future__ import annotations
 
 import copy
+import multiprocessing
 import threading
 import wsgiref.util
 from typing import Any, Callable, Dict, Iterator, List, cast
@@ -356,3 +357,46 @@ def test_the_settings_example_in_the_docs_works(server: PostgresServer) -> None:
     pool = _pool("docs")
     assert (pool.min_size, pool.max_size, pool.timeout) == (2, 10, 10.0)
     assert pool.options.check is None  # CONN_HEALTH_CHECKS False
+
+
+def _in_child(results: Any) -> None:
+    try:
+        inherited = DatabaseWrapper._reservoir_registry.get("default")
+        pool = _pool()
+        results.put((inherited is not None, pool is not inherited, _pid() > 0))
+    except BaseException as exc:
+        results.put(repr(exc))
+    finally:
+        connections.close_all()
+
+
+def test_a_forked_child_builds_its_own_pool(server: PostgresServer) -> None:
+    # Django's parallel test runner forks its workers after setting up the
+    # databases: a child must not use the pool (and sockets) of its parent.
+    _pid()
+    connections.close_all()
+    context = multiprocessing.get_context("fork")
+    results = context.SimpleQueue()
+    child = context.Process(target=_in_child, args=(results,))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
+    assert results.get() == (True, True, True)
+    assert _pid() > 0  # the parent's pool still works
+
+
+def test_settings_changed_in_place_get_a_new_pool(server: PostgresServer) -> None:
+    # As Django does when a parallel test worker switches to its clone.
+    conn = _db("tmpl")
+    old = _pool("tmpl")
+    saved = conn.settings_dict["NAME"]
+    conn.settings_dict["NAME"] = project.DBNAME
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT current_database()")
+            assert cur.fetchone()[0] == project.DBNAME
+        assert _pool("tmpl") is not old
+        assert old.closed
+    finally:
+        conn.close()
+        conn.settings_dict["NAME"] = saved

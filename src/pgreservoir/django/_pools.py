@@ -14,13 +14,14 @@ they come back, never by force.
 from __future__ import annotations
 
 import math
+import os
 import threading
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 from ..connection_pool import ConnectionPool
 from ..options import OPTION_NAMES
 
-__all__ = ["POOL_KEYS", "DjangoConnectionPool", "Registry", "pool_arguments"]
+__all__ = ["POOL_KEYS", "DjangoConnectionPool", "Registry", "identity", "pool_arguments"]
 
 #: The keys ``OPTIONS["pool"]`` accepts: the sizes and every pool option.
 POOL_KEYS = frozenset({"min_size", "max_size"} | OPTION_NAMES)
@@ -95,50 +96,78 @@ def _chain(*steps: Optional[Callable[[Any], None]]) -> Callable[[Any], None]:
     return run
 
 
+def identity(settings_dict: Mapping[str, Any]) -> Tuple[Any, ...]:
+    """What a pool's connections are bound to: the process (a forked child must
+    not use its parent's pool: Django's parallel test runner forks after it
+    set up the databases) and the server, database and user of the settings
+    (changed in place by Django when a test worker switches to its clone)."""
+    return (
+        os.getpid(),
+        settings_dict.get("NAME"),
+        settings_dict.get("USER"),
+        settings_dict.get("HOST"),
+        settings_dict.get("PORT"),
+    )
+
+
 class Registry:
     """The live pool of each alias. Thread-safe; shared by every wrapper of a backend
     class (so ``connection.copy()`` shares its original's pool)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        # alias -> its pool; changed only under _lock (read without it: a
-        # dict read is atomic).
-        self._live: Dict[str, DjangoConnectionPool] = {}
+        # alias -> (its pool, the identity() it was built for); changed only
+        # under _lock (read without it: a dict read is atomic).
+        self._live: Dict[str, Tuple[DjangoConnectionPool, Tuple[Any, ...]]] = {}
 
     def get(self, alias: str) -> Optional[DjangoConnectionPool]:
         """The alias's pool, if one is built."""
-        return self._live.get(alias)
+        found = self._live.get(alias)
+        return None if found is None else found[0]
 
     def get_or_build(
-        self, alias: str, build: Callable[[], DjangoConnectionPool]
+        self, alias: str, key: Tuple[Any, ...], build: Callable[[], DjangoConnectionPool]
     ) -> DjangoConnectionPool:
-        """The alias's pool, built by ``build()`` if there is none (at most one is
-        built: a pool starts a thread and connections, so no throwaway ones)."""
-        pool = self._live.get(alias)
-        if pool is not None:
-            return pool
+        """The alias's pool for ``key`` (see :func:`identity`), built by ``build()``
+        if there is none (at most one is built: a pool starts a thread and
+        connections, so no throwaway ones). A pool built for another key is
+        replaced: retired if this process built it, forgotten if it is a
+        parent's (inherited through fork; the parent still owns its connections)."""
+        found = self._live.get(alias)
+        if found is not None and found[1] == key:
+            return found[0]
+        stale: Optional[DjangoConnectionPool] = None
         with self._lock:
-            pool = self._live.get(alias)
-            if pool is None:
-                pool = self._live[alias] = build()
+            found = self._live.get(alias)
+            if found is not None and found[1] == key:
+                return found[0]
+            if found is not None and found[1][0] == key[0]:
+                stale = found[0]
+            pool = build()
+            self._live[alias] = (pool, key)
+        if stale is not None:
+            _close_when_returned(stale)
         return pool
 
     def retire(self, alias: str) -> None:
         """Close the alias's pool: idle connections close now, those in use as
         they come back, never by force; the next connect builds a new pool."""
         with self._lock:
-            pool = self._live.pop(alias, None)
-        if pool is None:
-            return
-        if pool.stats()["in_use"] == 0:
-            # Nothing to wait for: closed before this returns (Django drops or
-            # copies the database next). A connection taken meanwhile, by a
-            # thread that looked the pool up before it was retired, is waited for.
-            pool.close(math.inf)
-            return
-        # close() stops serving and closes the idle connections, then waits for
-        # the holders (the thread whose time zone just changed keeps its
-        # connection): that wait is this thread's, however long it lasts.
-        threading.Thread(
-            target=pool.close, args=(math.inf,), name=f"{pool.name}-retire", daemon=True
-        ).start()
+            found = self._live.pop(alias, None)
+        if found is not None and found[1][0] == os.getpid():
+            _close_when_returned(found[0])
+
+
+def _close_when_returned(pool: DjangoConnectionPool) -> None:
+    if pool.stats()["in_use"] == 0:
+        # Nothing to wait for: closed before this returns (Django drops or
+        # copies the database next). A connection taken meanwhile, by a
+        # thread that looked the pool up before it was retired, is waited for.
+        pool.close(math.inf)
+        return
+    # close() stops serving and closes the idle connections, then waits for
+    # the holders (the thread whose time zone just changed keeps its
+    # connection): that wait is this thread's, however long it lasts.
+    threading.Thread(
+        target=pool.close, args=(math.inf,), name=f"{pool.name}-retire", daemon=True
+    ).start()

@@ -23,7 +23,7 @@ from django.db.backends.postgresql import base as _postgresql
 from django.db.backends.postgresql.psycopg_any import is_psycopg3
 from django.utils.asyncio import async_unsafe
 
-from ._pools import DjangoConnectionPool, Registry, pool_arguments
+from ._pools import DjangoConnectionPool, Registry, identity, pool_arguments
 
 __all__ = ["DatabaseWrapper", "DjangoConnectionPool"]
 
@@ -63,7 +63,9 @@ class DatabaseWrapper(_postgresql.DatabaseWrapper):
     def _reservoir_pool(self) -> Optional[DjangoConnectionPool]:
         if self.alias == NO_DB_ALIAS or not self.settings_dict["OPTIONS"].get("pool"):
             return None
-        return self._reservoir_registry.get_or_build(self.alias, self._build_pool)
+        return self._reservoir_registry.get_or_build(
+            self.alias, identity(self.settings_dict), self._build_pool
+        )
 
     def _build_pool(self) -> DjangoConnectionPool:
         settings = self.settings_dict
