@@ -242,6 +242,8 @@ def test_connection_returned_in_error_is_reset(server: PostgresServer) -> None:
 
 
 def test_health_checks_and_a_killed_backend(server: PostgresServer, admin: Any) -> None:
+    assert _pool("small").options.check is not None  # CONN_HEALTH_CHECKS: a round trip
+    assert _pool().options.check is None
     pid = _pid("small")
     connections["small"].close()
     with admin.cursor() as cur:
