@@ -347,6 +347,9 @@ def test_unknown_pool_option_is_refused(server: PostgresServer) -> None:
     conn = _wrapper("open", OPTIONS={"pool": {"open": True}})
     with pytest.raises(ImproperlyConfigured, match="remove 'open'"):
         conn.ensure_connection()
+    conn = _wrapper("misplaced", OPTIONS={"pool": True, "max_lifetime": 60})
+    with pytest.raises(ImproperlyConfigured, match=r"max_lifetime in OPTIONS is a pool option"):
+        conn.ensure_connection()
 
 
 def test_the_settings_example_in_the_docs_works(server: PostgresServer) -> None:

@@ -23,7 +23,7 @@ from django.db.backends.postgresql import base as _postgresql
 from django.db.backends.postgresql.psycopg_any import is_psycopg3
 from django.utils.asyncio import async_unsafe
 
-from ._pools import DjangoConnectionPool, Registry, identity, pool_arguments
+from ._pools import POOL_KEYS, DjangoConnectionPool, Registry, identity, pool_arguments
 
 __all__ = ["DatabaseWrapper", "DjangoConnectionPool"]
 
@@ -95,11 +95,11 @@ class DatabaseWrapper(_postgresql.DatabaseWrapper):
             # Pooled connections rest in autocommit, Django's own mode; it
             # sets AUTOCOMMIT at every checkout.
             connect_kwargs["autocommit"] = True
-        overlap = set(connect_kwargs) & set(pool_kwargs)
-        if overlap:
+        misplaced = set(connect_kwargs) & POOL_KEYS
+        if misplaced:
             raise ImproperlyConfigured(
-                f"database {self.alias!r}: {', '.join(sorted(overlap))} is both a connection "
-                'option (OPTIONS) and a pool option (OPTIONS["pool"]); keep it in one'
+                f"database {self.alias!r}: {', '.join(sorted(misplaced))} in OPTIONS is a "
+                'pool option: move it into OPTIONS["pool"]'
             )
         return DjangoConnectionPool(
             None, connection_class=connection_class, **pool_kwargs, **connect_kwargs
