@@ -8,6 +8,7 @@ everything below is proven on psycopg2 too.
 from __future__ import annotations
 
 import copy
+import gc
 import multiprocessing
 import threading
 import wsgiref.util
@@ -405,3 +406,21 @@ def test_settings_changed_in_place_get_a_new_pool(server: PostgresServer) -> Non
     finally:
         conn.close()
         conn.settings_dict["NAME"] = saved
+
+
+def test_a_thread_that_ends_without_closing_loses_no_slot(server: PostgresServer) -> None:
+    pool = _pool()
+    before = pool.stats()["connections_leaked"]
+    # No close_all(): Django's connections of a finished thread are dropped
+    # with its thread-local storage (freed by the garbage collector: Django's
+    # wrappers are reference cycles), and the pool takes the slots back.
+    threads = [threading.Thread(target=_pid) for _ in range(project.MAX_SIZE)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert pool.stats()["in_use"] == project.MAX_SIZE
+    gc.collect()
+    wait_until(lambda: pool.stats()["in_use"] == 0, "the dropped connections' slots back")
+    assert pool.stats()["connections_leaked"] - before == project.MAX_SIZE
+    assert _pid() > 0
