@@ -348,6 +348,12 @@ def test_unknown_pool_option_is_refused(server: PostgresServer) -> None:
     conn = _wrapper("open", OPTIONS={"pool": {"open": True}})
     with pytest.raises(ImproperlyConfigured, match="remove 'open'"):
         conn.ensure_connection()
+    conn = _wrapper("badsize", OPTIONS={"pool": {"max_size": "10"}})
+    with pytest.raises(ImproperlyConfigured, match=r"'badsize': max_size must be an int"):
+        conn.ensure_connection()
+    conn = _wrapper("badcheck", OPTIONS={"pool": {"check": "SELECT 1"}})
+    with pytest.raises(ImproperlyConfigured, match=r'\["check"\] .* must be a callable'):
+        conn.ensure_connection()
     conn = _wrapper("misplaced", OPTIONS={"pool": True, "max_lifetime": 60})
     with pytest.raises(ImproperlyConfigured, match=r"max_lifetime in OPTIONS is a pool option"):
         conn.ensure_connection()

@@ -76,6 +76,12 @@ def pool_arguments(
                 f'OPTIONS["pool"] of database {alias!r} has an unknown key {key!r}; '
                 f"accepted: {', '.join(sorted(POOL_KEYS))}"
             )
+    for key in ("configure", "check"):
+        if given.get(key) is not None and not callable(given[key]):
+            raise ValueError(
+                f'OPTIONS["pool"]["{key}"] of database {alias!r} must be a callable, '
+                f"got {given[key]!r}"
+            )
     kwargs = dict(given)
     kwargs.setdefault("name", f"django-{alias}")
     kwargs["configure"] = _chain(configure, given.get("configure"))

@@ -101,9 +101,12 @@ class DatabaseWrapper(_postgresql.DatabaseWrapper):
                 f"database {self.alias!r}: {', '.join(sorted(misplaced))} in OPTIONS is a "
                 'pool option: move it into OPTIONS["pool"]'
             )
-        return DjangoConnectionPool(
-            None, connection_class=connection_class, **pool_kwargs, **connect_kwargs
-        )
+        try:
+            return DjangoConnectionPool(
+                None, connection_class=connection_class, **pool_kwargs, **connect_kwargs
+            )
+        except (TypeError, ValueError) as exc:  # a pool option or connection option refused
+            raise ImproperlyConfigured(f"database {self.alias!r}: {exc}") from exc
 
     def _reservoir_configure(self, conn: Any) -> None:
         """The pool's ``configure``: once per new connection, Django's own set-up
