@@ -425,8 +425,7 @@ def test_a_thread_that_ends_without_closing_loses_no_slot(server: PostgresServer
         thread.start()
     for thread in threads:
         thread.join(30)
-    assert pool.stats()["in_use"] == project.MAX_SIZE
-    gc.collect()
+    gc.collect()  # (it may have run already, for some of them)
     wait_until(lambda: pool.stats()["in_use"] == 0, "the dropped connections' slots back")
     assert pool.stats()["connections_leaked"] - before == project.MAX_SIZE
     assert _pid() > 0
