@@ -553,3 +553,234 @@ def test_async_runner_calls_a_stuck_pool_stuck_and_still_closes_it(
                        duration=0.05)
     assert [pool.closed for pool in pools] == [True, True]
 
+
+
+# ---------------------------------------------------------------------------
+# Trusting a run: spread between rounds, rounds behind the targets, warm-up limit
+# ---------------------------------------------------------------------------
+
+
+def test_spread_says_how_far_a_contender_s_rounds_were_apart() -> None:
+    from pgreservoir._bench.report import largest_spread, rounds_note
+    from pgreservoir._bench.runner import ScenarioResult, spread
+
+    assert spread([100.0, 200.0, 300.0]) == pytest.approx(1.0)  # (300 - 100) / 200
+    assert spread([100.0]) is None  # one round: nothing to compare
+    steady = summarize(BY_KEY["pgreservoir"], [
+        _run("pgreservoir", i, ops, [ops // 2] * 2) for i, ops in enumerate((1000, 1010, 990))
+    ], None)
+    noisy = summarize(BY_KEY["psycopg2"], [
+        _run("psycopg2", i, ops, [ops // 2] * 2) for i, ops in enumerate((500, 1500, 1000))
+    ] + [RunResult("psycopg2", 3, 0, failed="boom")], None)  # a failed round is no figure
+    assert steady.spread == pytest.approx(0.02)
+    assert noisy.spread == pytest.approx(1.0)
+    assert noisy.as_dict()["spread"] == 1.0
+    result = ScenarioResult(Scenario(WORKLOADS["select"], 32, 8), [steady, noisy])
+    table = format_table([result])
+    assert "spread" in table.splitlines()[0]
+    assert "100%" in table
+    assert "2%" in table
+    line = largest_spread([result])
+    assert line is not None
+    assert "100%, psycopg2.pool in select (32 threads, 8 connections)" in line
+    assert "500 to 1,500 ops/s over 3 rounds" in line
+    # Three rounds each: the targets rest on medians of enough rounds.
+    assert rounds_note([result]) is None
+    single = summarize(BY_KEY["pgreservoir"], [_run("pgreservoir", 0, 1000, [500] * 2)], None)
+    short = ScenarioResult(Scenario(WORKLOADS["select"], 32, 8), [steady, single])
+    assert largest_spread([ScenarioResult(Scenario(WORKLOADS["select"], 32, 8), [single])]) \
+        is None
+    note = rounds_note([short])
+    assert note is not None
+    assert "medians of 1 round" in note
+    assert ">= 3 rounds" in note
+
+
+def test_a_quick_run_says_its_targets_rest_on_one_round(postgres_dsn: str) -> None:
+    options = BenchOptions(dsn=postgres_dsn, threads=4, size=2, ops=200, rounds=1,
+                           workloads=["select"], contenders=["pgreservoir", "dedicated"],
+                           progress=False)
+    out, err = io.StringIO(), io.StringIO()
+    assert bench(options, out, err) == 0
+    text = out.getvalue()
+    targets = text[text.index("Targets:"):]
+    assert "judged on medians of 1 round" in targets.splitlines()[1]
+    row = next(line for line in text.splitlines() if line.startswith("select 4/2"))
+    assert row.split()[4] == "-"  # no spread from one round
+
+
+class _StuckPool:
+    """A thread "pool" of ``size`` integers whose acquire blocks for good once
+    ``stuck_after`` connections have been taken (until released by the test)."""
+
+    def __init__(self, size: int, stuck_after: int) -> None:
+        import threading
+
+        self.free = list(range(size))
+        self.stuck_after = stuck_after
+        self.taken = 0
+        self.gate = threading.Event()
+        self.closed = False
+
+    def acquire(self) -> int:
+        self.taken += 1
+        if self.taken > self.stuck_after:
+            self.gate.wait()
+        return self.free.pop()
+
+    def release(self, conn: int) -> None:
+        self.free.append(conn)
+
+    def close(self) -> None:
+        self.closed = True
+        self.gate.set()  # let the abandoned warm-up thread finish
+
+
+def test_thread_runner_calls_a_pool_stuck_in_its_warm_up_stuck(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pgreservoir._bench import runner
+    from pgreservoir._bench.contenders import Session
+
+    monkeypatch.setattr(runner, "HANG_GRACE", 0.2)
+    pools: List[_StuckPool] = []
+
+    def opener(target: Target, size: int) -> Session:
+        pool = _StuckPool(size, stuck_after=1)
+        pools.append(pool)
+        return Session(pool.acquire, pool.release, pool.close, warm=size)
+
+    stuck = Contender("stuck", "stuck pool", "peer", (), opener)
+    with pytest.raises(BenchError, match=r"stuck pool: the warm-up \(taking all 2 connections"):
+        run_once(stuck, Scenario(WORKLOADS["checkout"], threads=4, size=2),
+                 Target("unused", "unused"), duration=0.05)
+    assert pools[0].closed  # the session is closed all the same
+
+    # A warm-up that fails says why (the error of the pool, not a hang).
+    def failing(target: Target, size: int) -> Session:
+        def acquire() -> int:
+            raise RuntimeError("no connection for you")
+
+        return Session(acquire, lambda conn: None, lambda: None, warm=size)
+
+    with pytest.raises(RuntimeError, match="no connection for you"):
+        run_once(Contender("failing", "failing", "peer", (), failing),
+                 Scenario(WORKLOADS["checkout"], threads=2, size=2),
+                 Target("unused", "unused"), duration=0.05)
+
+
+# ---------------------------------------------------------------------------
+# Thread and task counts as lists; the write workload; their targets
+# ---------------------------------------------------------------------------
+
+
+def test_thread_and_task_counts_give_one_scenario_each() -> None:
+    import argparse
+
+    from pgreservoir._bench.command import _scenarios
+    from pgreservoir.cli import _counts
+
+    assert _counts("8,32,128,512") == [8, 32, 128, 512]
+    assert _counts("64") == [64]
+    with pytest.raises(argparse.ArgumentTypeError):
+        _counts("8,0")
+    options = BenchOptions(threads=[8, 32, 8], tasks=[256, 4096],
+                           workloads=["overhead", "select", "write", "async-select"])
+    shapes = [(s.workload.key, s.threads) for s in _scenarios(options)]
+    assert shapes == [("overhead", 1), ("select", 8), ("select", 32), ("write", 8),
+                      ("write", 32), ("async-select", 256), ("async-select", 4096)]
+    assert BenchOptions(threads=16).counts("threads") == [16]
+
+
+def test_the_write_workload_updates_one_row_per_operation(postgres_dsn: str) -> None:
+    import psycopg2
+
+    from pgreservoir._bench.runner import WRITE_ROWS, WRITE_TABLE, _run_sql
+
+    workload = WORKLOADS["write"]
+    _run_sql(postgres_dsn, workload.setup)
+    try:
+        run = run_once(BY_KEY["pgreservoir"], Scenario(workload, threads=8, size=2),
+                       Target(postgres_dsn, "write-guard"), duration=None, ops=400)
+        assert run.errors == 0, run.first_error
+        assert run.ops == 400
+        conn = psycopg2.connect(postgres_dsn)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f"SELECT count(*), sum(hits) FROM {WRITE_TABLE}")
+                rows, hits = cur.fetchone()  # type: ignore[misc]
+        finally:
+            conn.close()
+        assert rows == WRITE_ROWS
+        assert hits == 400  # every operation committed exactly one update
+    finally:
+        _run_sql(postgres_dsn, workload.teardown)
+
+
+def test_counts_and_the_write_workload_end_to_end(postgres_dsn: str, tmp_path: Path) -> None:
+    import psycopg2
+
+    from pgreservoir._bench.runner import WRITE_TABLE
+
+    report = tmp_path / "bench.json"
+    assert main(["bench", "--dsn", postgres_dsn, "--workloads", "select,write",
+                 "--contenders", "pgreservoir,dedicated", "--threads", "2,6", "--size", "2",
+                 "--ops", "150", "--rounds", "2", "--no-progress",
+                 "--json", str(report)]) == 0
+    document = json.loads(report.read_text())
+    assert document["settings"]["thread_counts"] == [2, 6]
+    shapes = [(s["workload"], s["threads"]) for s in document["scenarios"]]
+    assert shapes == [("select", 2), ("select", 6), ("write", 2), ("write", 6)]
+    assert document["targets_rounds_note"] is not None  # 2 rounds < 3
+    assert "largest spread between rounds" in document["largest_spread"]
+    for scenario in document["scenarios"]:
+        for row in scenario["results"]:
+            assert row["errors"] == 0, row
+            assert row["spread"] is not None  # two rounds each
+    # The table the write workload made is gone.
+    conn = psycopg2.connect(postgres_dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT to_regclass(%s)", (WRITE_TABLE,))
+            assert cur.fetchone() == (None,)
+    finally:
+        conn.close()
+
+
+def _thread_scenario(workload: str, threads: int, figures: Dict[str, Sequence[float]]) -> Any:
+    """A ScenarioResult from (ops/s, fairness) per thread contender."""
+    runs = {}
+    for key, (ops, fairness) in figures.items():
+        workers = 8 if BY_KEY[key].per_thread else threads
+        thread_ops = [100] * (workers - 1) + [round(100 * fairness)]
+        runs[key] = [_run(key, i, int(ops), thread_ops) for i in range(3)]
+    return summarize_scenario(Scenario(WORKLOADS[workload], threads, 8),
+                              [BY_KEY[key] for key in figures], runs)
+
+
+def test_scaling_and_write_targets_from_summaries() -> None:
+    select = {
+        n: _thread_scenario("select", n, {
+            "pgreservoir": (ours, 0.9), "sqlalchemy": (theirs, 0.0), "dedicated": (9000, 1),
+        })
+        for n, ours, theirs in ((8, 8600, 5900), (32, 6000, 5000), (128, 5000, 7000),
+                                (512, 4700, 4400))
+    }
+    write = _thread_scenario("write", 32, {
+        "pgreservoir": (2400, 0.95), "dbutils": (2300, 0.1), "dedicated": (2500, 1),
+    })
+    checks = {c.target: c for c in check_targets([*select.values(), write])}
+    keeps = "pgreservoir keeps >= 0.8x its 32-thread throughput"
+    assert checks[f"select, 128 threads on 8 connections: {keeps}"].met is True  # 0.83
+    assert checks[f"select, 512 threads on 8 connections: {keeps}"].met is False  # 0.78
+    assert checks[f"select, 512 threads on 8 connections: {keeps}"].measured.endswith("0.78x")
+    assert not any(t.startswith(("select, 8 ", "select, 32 ")) and "keeps" in t
+                   for t in checks)  # only above 32
+    every = "pgreservoir at least every peer's throughput, fairness >= 0.8"
+    assert checks[f"select, 32 threads on 8 connections: {every}"].met is True
+    assert checks[f"select, 128 threads on 8 connections: {every}"].met is False  # 5000 < 7000
+    assert checks[f"select, 512 threads on 8 connections: {every}"].met is True
+    assert checks["write, 32 threads on 8 connections: pgreservoir at least every peer's "
+                  "throughput, fairness >= 0.9"].met is True
+    # Without the 32-thread run there is nothing to scale against.
+    assert not any("keeps" in c.target for c in check_targets([select[512]]))

@@ -27,6 +27,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _counts(text: str) -> List[int]:
+    """A comma list of counts >= 1 (so, unlike other counts, no "1,000": write 1000)."""
+    return [_positive_int(part.strip()) for part in text.split(",") if part.strip()] or [
+        _positive_int(text)
+    ]
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -60,12 +67,13 @@ def _bench_parser(subparsers: argparse._SubParsersAction) -> None:  # type: igno
         epilog=f"Workloads: {workloads}. Contenders: {contenders}.",
     )
     parser.add_argument("--dsn", help="run against this server (libpq DSN or URL)")
-    parser.add_argument("--threads", type=_positive_int,
-                        help=f"worker threads (default {DEFAULTS['threads']}; "
-                             "the overhead workload always uses 1)")
-    parser.add_argument("--tasks", type=_positive_int,
-                        help=f"asyncio tasks in the async-* workloads (default "
-                             f"{DEFAULTS['tasks']}; async-overhead always uses 1)")
+    parser.add_argument("--threads", type=_counts,
+                        help=f"worker threads, or a comma list (8,32,128,512: one scenario "
+                             f"per count; default {DEFAULTS['threads']}; the overhead "
+                             "workload always uses 1)")
+    parser.add_argument("--tasks", type=_counts,
+                        help=f"asyncio tasks in the async-* workloads, or a comma list "
+                             f"(default {DEFAULTS['tasks']}; async-overhead always uses 1)")
     parser.add_argument("--size", type=_positive_int,
                         help=f"connections per pool (default {DEFAULTS['size']})")
     parser.add_argument("--duration", type=_positive_float,

@@ -268,9 +268,34 @@ POOL_OPTIONS: Dict[str, Any] = {
 }
 
 
+class UntimedSeen:
+    """Samples the line (under the pool's lock) for waiters left untimed:
+    whether the storm reached that path of the blocking shell too."""
+
+    def __init__(self, shell: Any) -> None:
+        self.seen = False
+        self._stop = threading.Event()
+
+        def sample() -> None:
+            while not self._stop.wait(0.001) and not self.seen:
+                with shell._lock:
+                    self.seen = any(not w.timed for w in shell.core._waiters)
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> bool:
+        self._stop.set()
+        self._thread.join()
+        return self.seen
+
+
+@pytest.mark.parametrize("window", [None, 0.0002], ids=["default-window", "untimed-waiters"])
 def test_connection_pool_survives_a_storm_of_signal_exceptions(
-    postgres_dsn: str, flavor: Flavor
+    postgres_dsn: str, flavor: Flavor, window: Optional[float]
 ) -> None:
+    """With a window far shorter than the waits, waiters join behind a head
+    past its window: the untimed wait, with no claim at its end, is stormed."""
     app = f"storm-{flavor.name}"
     terminate = terminator(postgres_dsn, flavor, app)
     pool = ConnectionPool(
@@ -279,12 +304,18 @@ def test_connection_pool_survives_a_storm_of_signal_exceptions(
         max_size=4,
         application_name=app,
         **POOL_OPTIONS,
+        **({} if window is None else {"barge_window": window}),
         **flavor.pool_kwargs,
     )
     try:
         pool.wait(DEADLINE)
         harness = Harness(lambda: pool.getconn(timeout=1.0), pool.putconn, terminate, flavor.Error)
+        untimed = UntimedSeen(pool._shell)
         storm(harness, STORM, pool._shell._lock)
+        if window is not None:
+            assert untimed.stop(), "no waiter was left untimed: the path was not stormed"
+        else:
+            untimed.stop()
         assert harness.interrupts > 50, f"only {harness.interrupts} interrupts: no storm"
         assert not harness.problems, "\n".join(harness.problems)
 

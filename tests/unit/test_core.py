@@ -970,6 +970,98 @@ def test_a_waiter_whose_window_ends_claims_what_was_left_idle_in_line_order() ->
     assert not core.claim(younger, t + 1.0)
 
 
+# Claims only where they can matter (lazy_claims, the blocking shell's core)
+
+
+def lazy_core(size: int) -> Core:
+    core = make_core(min_size=size, max_size=size, barge_window=WINDOW)
+    core.lazy_claims = True
+    fill(core, size)
+    return core
+
+
+def test_a_waiter_behind_a_head_past_its_window_is_not_timed() -> None:
+    core = lazy_core(1)
+    held = take(core, T0)
+    head = waiting(core, T0)
+    assert head.timed  # alone in line: its window matters
+    within = waiting(core, T0 + 0.005)
+    assert within.timed  # the head is within its window: barging may go on
+    behind = waiting(core, T0 + PAST)
+    assert not behind.timed  # the head is past it: nothing can go idle for this one
+    # A retry goes to the head, dated as the head it passes: past the window.
+    retry = checkout(core, T0 + PAST, 5.0, retry=True)
+    assert isinstance(retry, Plan)
+    assert retry.waiter is not None
+    assert not retry.waiter.timed
+    # Without lazy claims (the asyncio shell), every waiter is timed.
+    eager = make_core(min_size=1, max_size=1, barge_window=WINDOW)
+    fill(eager, 1)
+    take(eager, T0)
+    waiting(eager, T0)
+    assert waiting(eager, T0 + PAST).timed
+    give(core, held, now=T0 + PAST)
+
+
+def test_no_connection_is_left_idle_for_an_untimed_head() -> None:
+    core = lazy_core(2)
+    a = take(core, T0)
+    b = leased_from_the_line(core, T0)
+    t = T0 + PAST
+    older = waiting(core, t)  # the line was empty: timed
+    assert older.timed
+    # Someone joins behind a head within its window: timed too.
+    younger = waiting(core, t + 0.001)
+    assert younger.timed
+    # Within the head's window, on a fresh lease: a return idles for whoever
+    # asks first (the head will claim it at its window's end).
+    assert give(core, b, now=t + 0.002) is None
+    assert core.gauges()["idle"] == 1
+    # The older one gives up (interrupted) while b is idle: the younger, now
+    # head, is timed and keeps its claim; nothing is handed yet.
+    plan = core.give_up(older, t + 0.003, interrupted=True)
+    assert not plan.wake
+    assert core.gauges()["idle"] == 1
+    assert younger.entry is None
+    core.check_invariants()
+    # Served by its claim, it leaves the line empty.
+    assert not core.claim(younger, t + 0.001 + PAST).wake
+    assert younger.entry is b
+    core.check_invariants()
+    give(core, a, now=t + 0.02)
+
+
+def test_a_return_to_an_untimed_head_goes_to_it_not_to_idle() -> None:
+    core = lazy_core(2)
+    a = take(core, T0)
+    b = leased_from_the_line(core, T0)
+    t = T0 + PAST
+    head = waiting(core, t)
+    assert give(core, b, now=t + 0.001) is None  # idle within the head's window
+    # Past the head's window, an arrival first serves the head from idle,
+    # then joins the line, now empty: timed.
+    plan = checkout(core, t + PAST, 5.0)
+    assert isinstance(plan, Plan)
+    assert plan.wake == [head]
+    assert head.entry is b
+    assert plan.waiter is not None
+    assert plan.waiter.timed
+    # Behind a head past its window and with nothing idle: untimed.
+    behind = waiting(core, t + 2 * PAST)
+    assert not behind.timed
+    core.check_invariants()
+    # The first waiter is served; the untimed one heads the line. A return on
+    # a fresh lease, within its window, which would idle for a timed head,
+    # goes to it: nobody would come to claim it.
+    assert give(core, b, now=t + 2 * PAST) is plan.waiter
+    assert give(core, b, now=t + 2 * PAST) is behind
+    assert core.gauges()["idle"] == 0
+    core.check_invariants()
+    give(core, a, now=t + 0.05)
+    give(core, b, now=t + 0.05)
+    core.check_invariants()
+
+
 def test_fail_fast_serves_waiters_from_idle_connections_before_failing_the_rest() -> None:
     core = make_core(min_size=1, max_size=2, barge_window=WINDOW, fail_fast=True)
     fill(core, 1)

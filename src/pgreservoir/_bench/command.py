@@ -9,7 +9,7 @@ import os
 import platform
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple, Union
 
 import psycopg2
 import psycopg2.extensions
@@ -18,7 +18,15 @@ from ..drivers import mask_dsn
 from .contenders import CONTENDERS, Contender, contender_versions
 from .memory import MemoryResult, memory_check
 from .progress import Progress
-from .report import LEGEND, check_targets, format_table, format_targets, plot
+from .report import (
+    LEGEND,
+    check_targets,
+    format_table,
+    format_targets,
+    largest_spread,
+    plot,
+    rounds_note,
+)
 from .runner import WORKLOADS, BenchError, Scenario, ScenarioResult, run_suite
 
 __all__ = ["DEFAULTS", "QUICK", "BenchOptions", "bench", "select_contenders"]
@@ -37,8 +45,10 @@ class BenchOptions:
     """Everything the command line can set (None: the default, or --quick's)."""
 
     dsn: Optional[str] = None
-    threads: Optional[int] = None
-    tasks: Optional[int] = None  # asyncio workloads' tasks
+    # One count or several (one scenario per count): worker threads, and the
+    # asyncio workloads' tasks.
+    threads: Optional[Union[int, Sequence[int]]] = None
+    tasks: Optional[Union[int, Sequence[int]]] = None
     size: Optional[int] = None
     duration: Optional[float] = None
     ops: Optional[int] = None
@@ -63,6 +73,12 @@ class BenchOptions:
         if name == "memory_checkouts":
             return 1_000_000
         return DEFAULTS[name]
+
+    def counts(self, name: str) -> List[int]:
+        """``threads`` or ``tasks`` as a list of counts, in the order given."""
+        value = self.setting(name)
+        counts = [value] if isinstance(value, int) else list(value)
+        return list(dict.fromkeys(counts))  # each once
 
 
 def select_contenders(keys: Optional[Sequence[str]]) -> Tuple[List[Contender], List[str]]:
@@ -99,7 +115,11 @@ def select_contenders(keys: Optional[Sequence[str]]) -> Tuple[List[Contender], L
 
 
 def _check_options(options: BenchOptions) -> None:
-    for name in ("threads", "tasks", "size", "rounds"):
+    for name in ("threads", "tasks"):
+        counts = options.counts(name)
+        if not counts or min(counts) < 1:
+            raise BenchError(f"--{name} must be counts >= 1, got {options.setting(name)}")
+    for name in ("size", "rounds"):
         if options.setting(name) < 1:
             raise BenchError(f"--{name} must be >= 1, got {options.setting(name)}")
     if options.duration is not None and not options.duration > 0:
@@ -211,8 +231,11 @@ def _scenarios(options: BenchOptions) -> List[Scenario]:
     scenarios = []
     for key in options.workloads:
         workload = WORKLOADS[key]
-        workers = options.setting("tasks" if workload.is_async else "threads")
-        scenarios.append(Scenario(workload, 1 if workload.single_thread else workers, size))
+        if workload.single_thread:
+            scenarios.append(Scenario(workload, 1, size))
+            continue
+        for workers in options.counts("tasks" if workload.is_async else "threads"):
+            scenarios.append(Scenario(workload, workers, size))
     return scenarios
 
 
@@ -279,15 +302,18 @@ def bench(options: BenchOptions, out: TextIO, err: TextIO) -> int:
             progress.finish()
     elapsed = time.monotonic() - started
 
-    threads, size = options.setting("threads"), options.setting("size")
-    tasks = options.setting("tasks")
+    thread_counts, task_counts = options.counts("threads"), options.counts("tasks")
+    threads, tasks, size = thread_counts[0], task_counts[0], options.setting("size")
+    threads_text = ",".join(str(n) for n in thread_counts)
+    tasks_text = ",".join(str(n) for n in task_counts)
     run_shape = (f"{options.ops:,} operations per run" if options.ops is not None
                  else f"{duration:g} s per run")
     shapes = []
     if any(not s.workload.is_async for s in scenarios) or not scenarios:
-        shapes.append(f"{threads} threads on {size} connections (overhead: 1 thread)")
+        shapes.append(f"{threads_text} threads on {size} connections (overhead: 1 thread)")
     if any(s.workload.is_async for s in scenarios):
-        shapes.append(f"asyncio: {tasks} tasks on {size} connections (async-overhead: 1 task)")
+        shapes.append(f"asyncio: {tasks_text} tasks on {size} connections "
+                      "(async-overhead: 1 task)")
     title = (f"pgreservoir bench: {'; '.join(shapes)}, median of {rounds} "
              f"round{'s' * (rounds != 1)}, {run_shape}")
     machine["load_average_after"] = _load_average()
@@ -303,6 +329,9 @@ def bench(options: BenchOptions, out: TextIO, err: TextIO) -> int:
     lines.append("")
     if results:
         lines.append(format_table(results))
+        spread = largest_spread(results)
+        if spread is not None:
+            lines.append(spread)
         lines.append("")
         lines.append(LEGEND)
     if memory:
@@ -312,7 +341,7 @@ def bench(options: BenchOptions, out: TextIO, err: TextIO) -> int:
     if checks:
         lines.append("")
         lines.append("Targets:")
-        lines.append(format_targets(checks))
+        lines.append(format_targets(checks, rounds_note(results)))
     lines.append("")
     lines.append(f"({elapsed:.0f} s)")
     out.write("\n".join(lines) + "\n")
@@ -326,7 +355,9 @@ def bench(options: BenchOptions, out: TextIO, err: TextIO) -> int:
             "server": {"version": facts["version"], "where": where,
                        "max_connections": facts["max_connections"]},
             "versions": contender_versions(),
-            "settings": {"threads": threads, "tasks": tasks, "size": size, "rounds": rounds,
+            # threads/tasks: the first count; *_counts: all of them.
+            "settings": {"threads": threads, "tasks": tasks, "thread_counts": thread_counts,
+                         "task_counts": task_counts, "size": size, "rounds": rounds,
                          "duration_s": duration, "ops": options.ops,
                          "workloads": list(options.workloads),
                          "contenders": [c.key for c in contenders]},
@@ -334,6 +365,8 @@ def bench(options: BenchOptions, out: TextIO, err: TextIO) -> int:
             "workloads_left_out": workloads_left_out,
             "scenarios": [r.as_dict() for r in results],
             "memory": [m.as_dict() for m in memory],
+            "largest_spread": spread if results else None,
+            "targets_rounds_note": rounds_note(results),
             "targets": [c.as_dict() for c in checks],
             "elapsed_s": round(elapsed, 1),
         }

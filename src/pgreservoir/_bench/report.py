@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
-from .runner import ScenarioResult, Summary
+from .runner import MIN_ROUNDS, ScenarioResult, Summary
 
 __all__ = [
     "FAIRNESS_TARGET",
@@ -15,11 +15,22 @@ __all__ = [
     "format_ms",
     "format_table",
     "format_targets",
+    "largest_spread",
     "plot",
+    "rounds_note",
 ]
 
 #: Fairness (least-served / most-served thread) at or above which a pool counts as fair.
 FAIRNESS_TARGET = 0.8
+
+#: The fairness the write workload's target asks for.
+WRITE_FAIRNESS_TARGET = 0.9
+
+#: At many threads, the share of its 32-thread throughput pgreservoir keeps.
+SCALING_TARGET = 0.8
+
+#: The thread count the scaling target measures against.
+SCALING_BASE = 32
 
 
 @dataclass(frozen=True)
@@ -79,6 +90,7 @@ _COLUMNS = (
     ("workload", "<"),
     ("contender", "<"),
     ("ops/s", ">"),
+    ("spread", ">"),
     ("x ded", ">"),
     ("+us/op", ">"),
     ("wait ms: mean", ">"),
@@ -92,8 +104,10 @@ _COLUMNS = (
 )
 
 LEGEND = (
-    "ops/s: operations per second (median of rounds); x ded: ratio to the dedicated "
-    "reference (one private connection per thread, as many threads as pool connections); "
+    "ops/s: operations per second (median of rounds); spread: how far the same "
+    "contender's rounds were apart, (max - min) / median of their ops/s; x ded: ratio to "
+    "the dedicated reference (one private connection per thread, as many threads as pool "
+    "connections); "
     "+us/op: wall time per operation above dedicated; wait: time inside acquire "
     "(every operation, zero waits included); fair: least-served thread's operations / "
     "most-served thread's; errors: summed over rounds; retries: psycopg2.pool retries "
@@ -118,6 +132,7 @@ def _row(scenario: ScenarioResult, summary: Summary, first: bool) -> List[str]:
         name,
         label,
         f"{summary.ops_per_s:,.0f}",
+        "-" if summary.spread is None else f"{summary.spread:.0%}",
         _format_ratio(summary.ratio_to_dedicated),
         _format_us(summary.overhead_us),
         format_ms(summary.wait_mean_ms),
@@ -162,6 +177,47 @@ def format_table(results: Sequence[ScenarioResult]) -> str:
     return "\n".join(lines)
 
 
+def largest_spread(results: Sequence[ScenarioResult]) -> Optional[str]:
+    """A line naming the contender whose rounds differed most (None: one round)."""
+    worst: Optional[Summary] = None
+    where: Optional[ScenarioResult] = None
+    for scenario in results:
+        for summary in scenario.summaries:
+            if summary.failed is None and summary.spread is not None and (
+                worst is None or summary.spread > (worst.spread or 0.0)
+            ):
+                worst, where = summary, scenario
+    if worst is None or where is None:
+        return None
+    assert worst.spread is not None
+    low = min(run.ops_per_s for run in worst.runs if run.failed is None)
+    high = max(run.ops_per_s for run in worst.runs if run.failed is None)
+    return (
+        f"largest spread between rounds: {worst.spread:.0%}, {worst.contender.label} in "
+        f"{where.scenario.title} ({low:,.0f} to {high:,.0f} ops/s over "
+        f"{worst.measured_rounds} rounds): differences smaller than a contender's spread "
+        "are noise"
+    )
+
+
+def rounds_note(results: Sequence[ScenarioResult]) -> Optional[str]:
+    """What the targets output says when they rest on fewer than MIN_ROUNDS rounds."""
+    counts = [
+        summary.measured_rounds
+        for scenario in results
+        for summary in scenario.summaries
+        if summary.failed is None
+    ]
+    fewest = min(counts, default=MIN_ROUNDS)
+    if fewest >= MIN_ROUNDS:
+        return None
+    return (
+        f"  (judged on medians of {fewest} round{'s' * (fewest != 1)}: targets are to be "
+        f"judged on the median of >= {MIN_ROUNDS} rounds, so read these as indicative; "
+        f"run with --rounds {MIN_ROUNDS} or more)"
+    )
+
+
 # ---------------------------------------------------------------------------
 # Targets
 # ---------------------------------------------------------------------------
@@ -172,6 +228,11 @@ def _find(results: Sequence[ScenarioResult], workload: str) -> Optional[Scenario
         if scenario.scenario.workload.key == workload:
             return scenario
     return None
+
+
+def _all(results: Sequence[ScenarioResult], workload: str) -> List[ScenarioResult]:
+    """Every scenario of ``workload``: one per thread (task) count."""
+    return [s for s in results if s.scenario.workload.key == workload]
 
 
 def _ours(scenario: ScenarioResult, driver: str = "psycopg2") -> List[Summary]:
@@ -208,13 +269,19 @@ def check_targets(
     """
     checks: List[TargetCheck] = []
     checks += _check_overhead(_find(results, "overhead"))
-    checks += _check_transaction(_find(results, "transaction"))
-    checks += _check_select(_find(results, "select"))
+    for scenario in _all(results, "transaction"):
+        checks += _check_transaction(scenario)
+    for scenario in _all(results, "select"):
+        checks += _check_select(scenario)
+    checks += _check_scaling(_all(results, "select"))
+    for scenario in _all(results, "write"):
+        checks += _check_write(scenario)
     checks += _check_psycopg(results)
     checks += _check_dropin(results)
     checks += _check_async_overhead(_find(results, "async-overhead"))
     for workload in ("async-select", "async-transaction"):
-        checks += _check_async(_find(results, workload))
+        for scenario in _all(results, workload):
+            checks += _check_async(scenario)
     for result in memory or ():
         checks.append(
             TargetCheck(
@@ -298,7 +365,8 @@ def _check_select(scenario: Optional[ScenarioResult]) -> List[TargetCheck]:
         return []
     checks = []
     where = f"select, {_shape(scenario)}"
-    unfair = [p for p in _peers(scenario) if p.fairness < FAIRNESS_TARGET]
+    peers = [p for p in _peers(scenario) if not p.contender.is_async]
+    unfair = [p for p in peers if p.fairness < FAIRNESS_TARGET]
     psycopg_pool = scenario.get("psycopg_pool")
     for ours in _ours(scenario):
         name = ours.contender.label
@@ -314,6 +382,7 @@ def _check_select(scenario: Optional[ScenarioResult]) -> List[TargetCheck]:
             checks.append(TargetCheck(
                 f"{where}: {name} at least the best unfair peer's throughput",
                 "no unfair peer ran", None))
+        checks.append(_at_least_every_peer(where, ours, peers, FAIRNESS_TARGET))
         if psycopg_pool is not None and psycopg_pool.ops_per_s > 0:
             ratio = ours.ops_per_s / psycopg_pool.ops_per_s
             checks.append(TargetCheck(
@@ -325,6 +394,57 @@ def _check_select(scenario: Optional[ScenarioResult]) -> List[TargetCheck]:
                 f"{where}: {name} >= 2x psycopg_pool's throughput",
                 "psycopg_pool did not run (pip install psycopg-pool 'psycopg[binary]')", None))
     return checks
+
+
+def _at_least_every_peer(
+    where: str, ours: Summary, peers: Sequence[Summary], fairness: float
+) -> TargetCheck:
+    """Ours at least the best peer's throughput (fair or not), itself fair."""
+    target = (f"{where}: {ours.contender.label} at least every peer's throughput, "
+              f"fairness >= {fairness}")
+    if not peers:
+        return TargetCheck(target, "no peer ran", None)
+    best = max(peers, key=lambda p: p.ops_per_s)
+    return TargetCheck(
+        target,
+        f"{ours.ops_per_s:,.0f} ops/s (fairness {ours.fairness:.2f}) vs best peer "
+        f"{best.contender.label} {best.ops_per_s:,.0f} (fairness {best.fairness:.2f})",
+        ours.ops_per_s >= best.ops_per_s and ours.fairness >= fairness)
+
+
+def _check_scaling(scenarios: Sequence[ScenarioResult]) -> List[TargetCheck]:
+    """At each thread count above SCALING_BASE, pgreservoir keeps SCALING_TARGET
+    of its SCALING_BASE-thread throughput (the work is bounded by the
+    connections, so the ideal is flat)."""
+    base = next((s for s in scenarios if s.scenario.threads == SCALING_BASE), None)
+    if base is None:
+        return []
+    checks = []
+    for scenario in sorted(scenarios, key=lambda s: s.scenario.threads):
+        if scenario.scenario.threads <= SCALING_BASE:
+            continue
+        for ours in _ours(scenario):
+            before = base.get(ours.contender.key)
+            target = (f"select, {_shape(scenario)}: {ours.contender.label} keeps >= "
+                      f"{SCALING_TARGET}x its {SCALING_BASE}-thread throughput")
+            if before is None or before.ops_per_s <= 0:
+                checks.append(TargetCheck(target, f"did not run at {SCALING_BASE} threads",
+                                          None))
+                continue
+            ratio = ours.ops_per_s / before.ops_per_s
+            checks.append(TargetCheck(
+                target,
+                f"{ours.ops_per_s:,.0f} vs {before.ops_per_s:,.0f} ops/s = {ratio:.2f}x",
+                ratio >= SCALING_TARGET))
+    return checks
+
+
+def _check_write(scenario: ScenarioResult) -> List[TargetCheck]:
+    """The short write transaction: at least every peer, fairness >= 0.9."""
+    where = f"write, {_shape(scenario)}"
+    peers = [p for p in _peers(scenario) if not p.contender.is_async]
+    return [_at_least_every_peer(where, ours, peers, WRITE_FAIRNESS_TARGET)
+            for ours in _ours(scenario)]
 
 
 def _check_psycopg(results: Sequence[ScenarioResult]) -> List[TargetCheck]:
@@ -463,9 +583,10 @@ def _check_async(scenario: Optional[ScenarioResult]) -> List[TargetCheck]:
     return checks
 
 
-def format_targets(checks: Sequence[TargetCheck]) -> str:
-    """One line per target: ``[met]``, ``[NOT MET]`` or ``[n/a]``, the target, the figures."""
-    lines = []
+def format_targets(checks: Sequence[TargetCheck], note: Optional[str] = None) -> str:
+    """One line per target: ``[met]``, ``[NOT MET]`` or ``[n/a]``, the target, the
+    figures; ``note`` first (see :func:`rounds_note`)."""
+    lines = [] if note is None else [note]
     for check in checks:
         mark = {True: "[met]    ", False: "[NOT MET]", None: "[n/a]    "}[check.met]
         lines.append(f"  {mark} {check.target}: {check.measured}")

@@ -39,6 +39,7 @@ import gc
 import itertools
 import math
 import os
+import random
 import statistics
 import sys
 import threading
@@ -64,6 +65,7 @@ __all__ = [
     "percentile",
     "run_once",
     "run_suite",
+    "spread",
     "summarize",
     "summarize_scenario",
 ]
@@ -81,6 +83,16 @@ BUDGET_RUN_LIMIT = 600.0
 
 #: Server-side time of one short transaction (the ``transaction`` workload).
 TRANSACTION_SLEEP = 0.002
+
+#: The table the ``write`` workload updates (created for the run, dropped after).
+WRITE_TABLE = "pgreservoir_bench_write"
+
+#: Rows in it: enough that 32 threads rarely update the same row at once.
+WRITE_ROWS = 10_000
+
+#: Rounds below which the targets are only indicative (medians of fewer
+#: rounds follow one noisy round).
+MIN_ROUNDS = 3
 
 
 class BenchError(Exception):
@@ -111,6 +123,31 @@ def _short_transaction(conn: Any) -> None:
     cur.fetchone()
     cur.execute("COMMIT")
     cur.close()
+
+
+_WRITE_QUERY = (
+    f"UPDATE {WRITE_TABLE} SET hits = hits + 1 FROM pg_sleep({TRANSACTION_SLEEP}) "
+    "WHERE id = %s"
+)
+
+
+def _short_write(conn: Any, _row: Callable[[int, int], int] = random.randint) -> None:
+    # BEGIN, an UPDATE of a random row that holds the connection ~2 ms on
+    # the server (pg_sleep in the same statement), COMMIT: three round trips,
+    # a row lock and a commit, as a web request that writes.
+    cur = conn.cursor()
+    cur.execute("BEGIN")
+    cur.execute(_WRITE_QUERY, (_row(1, WRITE_ROWS),))
+    cur.execute("COMMIT")
+    cur.close()
+
+
+_WRITE_SETUP = (
+    f"DROP TABLE IF EXISTS {WRITE_TABLE}",
+    f"CREATE TABLE {WRITE_TABLE} (id integer PRIMARY KEY, hits bigint NOT NULL DEFAULT 0)",
+    f"INSERT INTO {WRITE_TABLE} (id) SELECT generate_series(1, {WRITE_ROWS})",
+)
+_WRITE_TEARDOWN = (f"DROP TABLE IF EXISTS {WRITE_TABLE}",)
 
 
 # The asyncio workloads: the same work through each asyncio driver's API.
@@ -170,6 +207,10 @@ class Workload:
     # The asyncio workloads: the work for each driver's connections (their
     # APIs differ), None where there is nothing to do; None for thread workloads.
     async_work: Optional[Mapping[str, Optional[AsyncWork]]] = field(default=None, repr=False)
+    # SQL run on a side connection before the workload's scenario (its
+    # table) and after it (dropping the table), for the ``write`` workload.
+    setup: Sequence[str] = field(default=(), repr=False)
+    teardown: Sequence[str] = field(default=(), repr=False)
 
     @property
     def is_async(self) -> bool:
@@ -193,6 +234,14 @@ WORKLOADS: Dict[str, Workload] = {
             "transaction",
             f"BEGIN; SELECT pg_sleep({TRANSACTION_SLEEP}); COMMIT per checkout",
             _short_transaction,
+        ),
+        Workload(
+            "write",
+            f"BEGIN; UPDATE of a random row of {WRITE_ROWS:,} with "
+            f"pg_sleep({TRANSACTION_SLEEP}); COMMIT per checkout",
+            _short_write,
+            setup=_WRITE_SETUP,
+            teardown=_WRITE_TEARDOWN,
         ),
         Workload(
             "async-overhead",
@@ -325,6 +374,14 @@ class Summary:
     retries: int = 0
     peak_connections: Optional[int] = None
     failed: Optional[str] = None
+    # How much the rounds differed: (max - min) / median of their ops/s
+    # (None with fewer than two measured rounds).
+    spread: Optional[float] = None
+
+    @property
+    def measured_rounds(self) -> int:
+        """Rounds that measured something (not failed)."""
+        return sum(1 for run in self.runs if run.failed is None)
 
     def as_dict(self) -> Dict[str, Any]:
         def rounded(value: Optional[float], digits: int) -> Optional[float]:
@@ -336,6 +393,7 @@ class Summary:
             "kind": self.contender.kind,
             "description": self.contender.note,
             "ops_per_s": round(self.ops_per_s, 1),
+            "spread": rounded(self.spread, 4),
             "ratio_to_dedicated": rounded(self.ratio_to_dedicated, 4),
             "overhead_us_per_op": rounded(self.overhead_us, 3),
             "fairness": round(self.fairness, 4),
@@ -389,6 +447,17 @@ def percentile(ordered: Sequence[float], q: float) -> float:
     return ordered[min(rank, len(ordered)) - 1]
 
 
+def spread(values: Sequence[float]) -> Optional[float]:
+    """(max - min) / median: how far apart the rounds of one contender are
+    (None for fewer than two values or a zero median)."""
+    if len(values) < 2:
+        return None
+    middle = float(statistics.median(values))
+    if middle <= 0:
+        return None
+    return (max(values) - min(values)) / middle
+
+
 def summarize(
     contender: Contender, runs: List[RunResult], dedicated: Optional[Summary]
 ) -> Summary:
@@ -403,6 +472,7 @@ def summarize(
         return float(statistics.median(values))
 
     summary.ops_per_s = median([run.ops_per_s for run in good])
+    summary.spread = spread([run.ops_per_s for run in good])
     summary.fairness = median([run.fairness for run in good])
     # The least/most-served counts come from the median-throughput round.
     middle = sorted(good, key=lambda run: run.ops_per_s)[(len(good) - 1) // 2]
@@ -583,11 +653,35 @@ def _worker(
     spec.results[index] = _ThreadResult(done, waits, errors, first_error, t0)
 
 
-def _warm(acquire: Callable[[], Any], release: Callable[[Any], Any], count: int) -> None:
-    """Have the pool open all its connections before the clock starts."""
-    held = [acquire() for _ in range(count)]
-    for conn in held:
-        release(conn)
+def _warm(
+    acquire: Callable[[], Any], release: Callable[[Any], Any], count: int, label: str
+) -> None:
+    """Have the pool open all its connections before the clock starts.
+
+    In a daemon thread, waited for HANG_GRACE seconds at most: a pool that
+    cannot hand out all its connections at once is called stuck (BenchError),
+    as the asyncio runner does, instead of hanging the benchmark.
+    """
+    failure: List[BaseException] = []
+
+    def warm() -> None:
+        try:
+            held = [acquire() for _ in range(count)]
+            for conn in held:
+                release(conn)
+        except BaseException as exc:  # handed to the caller's thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=warm, name=f"bench-warm-{label}", daemon=True)
+    thread.start()
+    thread.join(HANG_GRACE)
+    if thread.is_alive():
+        raise BenchError(
+            f"{label}: the warm-up (taking all {count} connections at once) did not "
+            f"finish within {HANG_GRACE:g} s; the pool looks stuck"
+        )
+    if failure:
+        raise failure[0]
 
 
 def run_once(
@@ -621,7 +715,8 @@ def run_once(
         if session.max_threads is not None:
             threads = min(threads, session.max_threads)
         if session.warm:
-            _warm(session.acquire, session.release, min(session.warm, scenario.size))
+            _warm(session.acquire, session.release, min(session.warm, scenario.size),
+                  contender.label)
         spec = _RunSpec(
             scenario.workload.work,
             threads,
@@ -724,27 +819,71 @@ def run_suite(
             if not taking_part:
                 continue
             runs: Dict[str, List[RunResult]] = {c.key: [] for c in taking_part}
-            for round_no in range(rounds):
-                # Rotate the order each round: nobody always runs first or last.
-                shift = round_no % len(taking_part)
-                order = taking_part[shift:] + taking_part[:shift]
-                for contender in order:
-                    if progress is not None:
-                        progress(f"{scenario.workload.key} | {contender.label} | "
-                                 f"round {round_no + 1}/{rounds}")
-                    name = f"pgreservoir-bench-{os.getpid()}-{next(serial)}"
-                    target = Target(dsn, name)
-                    try:
-                        run = run_once(contender, scenario, target, round_no=round_no,
-                                       duration=duration, ops=ops, sampler=sampler)
-                    except Exception as exc:
-                        run = RunResult(contender.key, round_no, 0, failed=_describe(exc))
-                    runs[contender.key].append(run)
+            _run_sql(dsn, scenario.workload.setup)
+            try:
+                _rounds(dsn, scenario, taking_part, runs, rounds=rounds, duration=duration,
+                        ops=ops, progress=progress, sampler=sampler, serial=serial.__next__)
+            finally:
+                _run_sql(dsn, scenario.workload.teardown)
             results.append(summarize_scenario(scenario, taking_part, runs))
     finally:
         if sampler is not None:
             sampler.close()
     return results
+
+
+def _run_sql(dsn: str, statements: Sequence[str]) -> None:
+    """Run a workload's setup or teardown on a side connection (autocommit)."""
+    if not statements:
+        return
+    try:
+        conn = psycopg2.connect(dsn, application_name="pgreservoir-bench-setup")
+    except psycopg2.Error as exc:
+        raise BenchError(f"cannot connect to set up a workload: {str(exc).strip()}") from exc
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            for statement in statements:
+                cur.execute(statement)
+    except psycopg2.Error as exc:
+        raise BenchError(
+            f"a workload's setup failed ({str(exc).strip()}): the write workload needs "
+            "a user that may create a table"
+        ) from exc
+    finally:
+        conn.close()
+
+
+def _rounds(
+    dsn: str,
+    scenario: Scenario,
+    taking_part: Sequence[Contender],
+    runs: Dict[str, List[RunResult]],
+    *,
+    rounds: int,
+    duration: Optional[float],
+    ops: Optional[int],
+    progress: Optional[Progress],
+    sampler: Optional[ConnectionSampler],
+    serial: Callable[[], int],
+) -> None:
+    """The rounds of one scenario, the contenders interleaved."""
+    for round_no in range(rounds):
+        # Rotate the order each round: nobody always runs first or last.
+        shift = round_no % len(taking_part)
+        order = [*taking_part[shift:], *taking_part[:shift]]
+        for contender in order:
+            if progress is not None:
+                progress(f"{scenario.workload.key} | {contender.label} | "
+                         f"round {round_no + 1}/{rounds}")
+            name = f"pgreservoir-bench-{os.getpid()}-{serial()}"
+            target = Target(dsn, name)
+            try:
+                run = run_once(contender, scenario, target, round_no=round_no,
+                               duration=duration, ops=ops, sampler=sampler)
+            except Exception as exc:
+                run = RunResult(contender.key, round_no, 0, failed=_describe(exc))
+            runs[contender.key].append(run)
 
 
 def summarize_scenario(

@@ -31,6 +31,18 @@ Design notes
   connection left idle (``claim``): so a connection never sits idle while
   someone has waited longer than the window. With a window of 0, idle
   connections and waiters never coexist (strict FIFO).
+* **Claims only where they can matter** (``lazy_claims``, the blocking
+  shell). Waking every waiter at the end of its window costs a timed wait,
+  a wake-up and the lock per checkout once waits outgrow the window (many
+  threads on few connections), almost always to find nothing to claim. So a
+  waiter that joins a line whose head has already waited out its window is
+  not woken at its own window's end (``Waiter.timed`` False), and a
+  connection is only left idle while callers wait if the line's head will
+  be woken to claim it: with an untimed head, a returned connection goes to
+  the line and any idle one is handed to it (``_cover``). A waiter can only
+  be passed while the head is within its window, and the head is never
+  younger than those behind it: so once a waiter's window is over, nothing
+  goes idle while it waits, and an untimed waiter loses nothing.
 * **Every hand-out is checked by the receiver.** The core hands a connection
   to one caller (IN_USE) and marks how much checking it needs (``vet``); the
   receiving thread probes its socket (zero round trips) and, if asked, pings
@@ -160,6 +172,10 @@ class Core:
         #: Makes a waiter's wake-up primitive (``Waiter.handle``); the shell
         #: that drives this core sets it: a held Lock, a Future...
         self.new_handle: Callable[[], Any] = lambda: None
+        #: Whether waiters that join behind a head past its window are left
+        #: untimed (see the module notes); the blocking shell sets it (an
+        #: event loop's timers cost next to nothing, its waiters stay timed).
+        self.lazy_claims = False
         self._inline = inline
         self._lifo = lifo
         # A null pool keeps no idle connection a waiter could be passed by.
@@ -201,7 +217,8 @@ class Core:
         #   _size == len(_idle) + len(_in_use) + len(_reserved) + len(_opening) + _to_open
         #   _size <= _max_size, except after resize() shrank the pool
         #   _waiters non-empty => _idle empty, unless within the barging window
-        #   (with barge_window 0, every return goes to the line's head)
+        #   (with barge_window 0, every return goes to the line's head) and
+        #   the line's head is timed (woken at its window's end to claim)
         # The containers are never replaced, only changed in place: the
         # shells bind their methods once.
         self._idle: List[Entry] = []
@@ -445,7 +462,14 @@ class Core:
         # the barging window runs from the oldest wait in line, so those
         # behind it are not passed for longer than their own window.
         since = min(now, waiters[0].since) if retry and waiters else now
-        waiter = Waiter(since)
+        # Timed unless it joins behind a head that has waited out its window
+        # (see lazy_claims); a retry goes to the head, timed if its window runs.
+        timed = (
+            not self.lazy_claims
+            or not waiters
+            or now - (since if retry else waiters[0].since) < self._barge
+        )
+        waiter = Waiter(since, timed)
         waiter.handle = self.new_handle()
         if retry:
             waiters.appendleft(waiter)
@@ -492,6 +516,8 @@ class Core:
                 return plan
         if in_line:
             self._waiters.remove(waiter)
+            if self._idle:
+                self._cover(now, plan)
         waited = now - waiter.since
         self._waits.record(waited)
         self._wait_time.record(waited)
@@ -522,6 +548,7 @@ class Core:
             served = self._hand_off(entry, now)
             if served is not waiter:
                 plan.add("wake", served)
+        self._cover(now, plan)
 
     def _serve_overdue(self, now: float, plan: Plan, *, everyone: bool = False) -> None:
         """Idle connections go to the waiters at the line's head whose barging
@@ -529,6 +556,17 @@ class Core:
         waiter, in order, if ``everyone``."""
         waiters, barge = self._waiters, self._barge
         while waiters and (everyone or not barge or now - waiters[0].since >= barge):
+            entry = self._pop_idle(now, plan)
+            if entry is None:
+                return
+            plan.add("wake", self._hand_off(entry, now))
+        self._cover(now, plan)
+
+    def _cover(self, now: float, plan: Plan) -> None:
+        """Idle connections go to the line while its head is untimed: nobody
+        would wake to claim them at the end of its window (see lazy_claims)."""
+        waiters = self._waiters
+        while waiters and not waiters[0].timed:
             entry = self._pop_idle(now, plan)
             if entry is None:
                 return
@@ -630,8 +668,16 @@ class Core:
                 or now - waiters[0].since >= self._barge
                 or (now - entry.leased) * len(waiters) >= self._pace
                 or entry.spell >= _SPELL
+                or not waiters[0].timed  # nobody would claim it: see _cover
             ):
-                return self._hand_off(entry, now)
+                served = self._hand_off(entry, now)
+                if not self._idle:
+                    return served
+                # The new head may be untimed: hand it any connection left idle.
+                plan = Plan()
+                plan.add("wake", served)
+                self._cover(now, plan)
+                return plan
             if waiters:
                 entry.spell += 1  # one more checkout kept from the line
             if self._keep_idle:
@@ -709,6 +755,8 @@ class Core:
     def _place(self, entry: Entry, now: float, plan: Plan) -> None:
         if self._waiters:
             plan.add("wake", self._hand_off(entry, now))
+            if self._idle:
+                self._cover(now, plan)
         elif self._keep_idle:
             entry.state = _IDLE
             self._idle.append(entry)
@@ -1375,6 +1423,9 @@ class Core:
         assert self._size >= 0
         assert self._barge or not (self._waiters and self._idle), (
             "waiters and idle connections coexist without a barging window"
+        )
+        assert not (self._waiters and self._idle) or self._waiters[0].timed, (
+            "connections idle while the line's head is not woken to claim them"
         )
         assert all(e.state is _IDLE for e in self._idle)
         assert all(e.state is _IN_USE for e in self.in_use.values())

@@ -112,13 +112,16 @@ class Waiter:
     shell's wake-up primitive (a held Lock, a Future); the core never touches it.
     """
 
-    __slots__ = ("entry", "error", "handle", "since")
+    __slots__ = ("entry", "error", "handle", "since", "timed")
 
-    def __init__(self, since: float) -> None:
+    def __init__(self, since: float, timed: bool = True) -> None:
         self.since = since
         self.entry: Optional[Entry] = None
         self.error: Optional[BaseException] = None
         self.handle: Any = None
+        #: Whether the shell wakes it when its barging window ends, to claim
+        #: connections left idle (see ``Core.lazy_claims``). Set once, in line.
+        self.timed = timed
 
     def take_error(self) -> BaseException:
         """The error it was woken with, no longer referenced here (see ``errors.throw``)."""

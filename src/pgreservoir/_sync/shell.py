@@ -101,6 +101,9 @@ class SyncPool:
         ``reconnect_failed()`` is the user's callback, already bound to the facade."""
         self.core = core
         core.new_handle = held_lock  # waiters block on a held Lock, released to wake them
+        # A timed wait that ends only to claim nothing costs a wake-up and the
+        # lock per checkout once the line outgrows the window: see the core.
+        core.lazy_claims = True
         # Bound once: called on every checkout and check-in. (A fork resets
         # the core in place, so these stay valid.)
         self._checkout = core.checkout
@@ -291,19 +294,25 @@ class SyncPool:
     def _sleep(self, waiter: Waiter, deadline: float) -> bool:
         """Block until the core gives ``waiter`` an outcome (True) or ``deadline`` (False).
 
-        With a barging window, the waiter first sleeps only until its window
-        ends, then claims any connection left idle by callers that passed it:
-        so no connection sits idle for longer than the window while it waits.
+        With a barging window, a timed waiter first sleeps only until its
+        window ends, then claims any connection left idle by callers that
+        passed it: so no connection sits idle for longer than the window while
+        it waits. An untimed one (it joined behind a head past its window)
+        has nothing to claim: the core never leaves a connection idle for it.
         """
         handle = waiter.handle
         now = self._clock()
         window = waiter.since + self._barge - now
-        if self._barge and window < deadline - now:
+        if self._barge and waiter.timed and window < deadline - now:
             if window > 0 and handle.acquire(True, window):
                 return True
-            with self._lock:
-                plan = self.core.claim(waiter, self._clock())
-            self.carry_out(plan)
+            # Nothing idle now (an atomic read), nothing to claim: from the end
+            # of its window on, nothing goes idle while it is in line (the
+            # head, older, is past its window too), so it need not look again.
+            if self._idle:
+                with self._lock:
+                    plan = self.core.claim(waiter, self._clock())
+                self.carry_out(plan)
             if waiter.entry is not None or waiter.error is not None:
                 return True  # served (or failed) now, or meanwhile
             now = self._clock()
