@@ -1,0 +1,38 @@
+"""pytest plugin for SQLAlchemy's own test suite: every engine on ReservoirPool.
+
+Load it with ``-p shim`` (this directory on PYTHONPATH). With the
+environment variable ``RESERVOIR_POOL=1`` every ``create_engine()`` call
+for a PostgreSQL URL that names no ``poolclass`` or ``pool`` of its own (and
+so would get QueuePool) gets ``poolclass=ReservoirPool`` instead; otherwise
+the plugin does nothing, so the stock run has the same set-up. Asyncio
+engines (``create_async_engine``) get ``AsyncAdaptedReservoirPool`` when it
+exists.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+if os.environ.get("RESERVOIR_POOL") == "1":
+    import sqlalchemy
+    import sqlalchemy.engine
+    import sqlalchemy.engine.create
+    from sqlalchemy.engine.url import make_url
+
+    from pgreservoir import sqlalchemy as reservoir
+
+    _create_engine = sqlalchemy.engine.create.create_engine
+
+    def create_engine(url: Any, **kwargs: Any) -> Any:
+        free = "poolclass" not in kwargs and "pool" not in kwargs
+        if free and make_url(url).get_backend_name() == "postgresql":
+            if not kwargs.get("_is_async"):
+                kwargs["poolclass"] = reservoir.ReservoirPool
+            elif hasattr(reservoir, "AsyncAdaptedReservoirPool"):
+                kwargs["poolclass"] = reservoir.AsyncAdaptedReservoirPool
+        return _create_engine(url, **kwargs)
+
+    sqlalchemy.create_engine = create_engine  # type: ignore[assignment]
+    sqlalchemy.engine.create_engine = create_engine  # type: ignore[assignment]
+    sqlalchemy.engine.create.create_engine = create_engine  # type: ignore[assignment]
