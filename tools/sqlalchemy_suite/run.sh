@@ -2,6 +2,7 @@
 # Run SQLAlchemy's own test suite (an unpacked sdist) on the stock pool and on
 # ReservoirPool, per driver and file group; results in $OUT/<driver>-<mode>-<group>.txt.
 #   tools/sqlalchemy_suite/run.sh /tmp/sqla-suite/sqlalchemy-2.1.9 "$(sed -n 1p urls)" psycopg2 [groups...]
+# groups: engine pg orm suite (default), asyncio (give it the psycopg_async URL)
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$1; url=$2; driver=$3; shift 3
@@ -19,6 +20,7 @@ for group in $groups; do
             pg) files=test/dialect/postgresql/ ;;
             orm) files="test/orm/test_transaction.py test/orm/test_session.py" ;;
             suite) files=test/dialect/test_suite.py ;;
+            asyncio) files=test/ext/asyncio/ ;;  # with a postgresql+psycopg_async URL
         esac
         flag=0; [ $mode = reservoir ] && flag=1
         RESERVOIR_POOL=$flag PYTHONPATH=$here timeout 3000 "$py" -m pytest -p shim -p no:cacheprovider \

@@ -38,10 +38,6 @@ _SHELL_LOCK = threading.Lock()
 _UNBOUNDED = 1 << 30
 
 
-def _same(a: object, b: object) -> bool:
-    return a is b
-
-
 def make_options(pool_options: Optional[PoolOptions], name: str) -> PoolOptions:
     """The pgreservoir options of a SQLAlchemy pool: the user's, with this
     integration's defaults where the user kept pgreservoir's."""
@@ -113,7 +109,8 @@ class ReservoirPool(Pool):
         self._given_options = pool_options
         name = kw.get("logging_name") or next_pool_name()
         self._options = make_options(pool_options, name)
-        self._shell: Optional[SyncPool] = None
+        # SyncPool here, the asyncio shell in AsyncAdaptedReservoirPool.
+        self._shell: Any = None
         self._traced = self._options.leak_threshold is not None
 
     # -- the shell, made at the first checkout ----------------------------------
@@ -140,7 +137,7 @@ class ReservoirPool(Pool):
         shell.start()
         return shell
 
-    def _current_shell(self) -> SyncPool:
+    def _current_shell(self) -> Any:
         shell = self._shell
         if shell is None:
             with _SHELL_LOCK:
@@ -163,16 +160,7 @@ class ReservoirPool(Pool):
             if type(record) is tuple:
                 record = shell.acquire(self._wait)
         except PoolTimeout as exc:
-            cause = exc.__cause__
-            if cause is not None:
-                # Connecting fails: the caller gets the driver's error, as
-                # from QueuePool (SQLAlchemy wraps it in a DBAPIError).
-                raise cause.with_traceback(None) from None
-            raise sa_exc.TimeoutError(
-                f"ReservoirPool limit of size {self._pool_size} overflow {self.overflow()} "
-                f"reached, connection timed out, timeout {self._wait:.2f} ({exc})",
-                code="3o7r",
-            ) from exc
+            raise self._timed_out(exc) from exc
         except PoolClosed:
             # dispose() raced this checkout: serve it from the next shell.
             return self._do_get()
@@ -184,18 +172,33 @@ class ReservoirPool(Pool):
                 entry.leak_reported = False
         return record
 
+    def _timed_out(self, exc: PoolTimeout) -> BaseException:
+        """What a caller whose checkout timed out gets."""
+        cause = exc.__cause__
+        if cause is not None:
+            # Connecting fails: the caller gets the driver's error, as from
+            # QueuePool (SQLAlchemy wraps it in a DBAPIError).
+            return cause.with_traceback(None)
+        return sa_exc.TimeoutError(
+            f"{type(self).__name__} limit of size {self._pool_size} overflow {self.overflow()} "
+            f"reached, connection timed out, timeout {self._wait:.2f} ({exc})",
+            code="3o7r",
+        )
+
+    def _keep_idle(self, shell: Any) -> bool:
+        """Whether a returned connection may stay idle: QueuePool keeps at most
+        pool_size idle, and closes overflow ones on return."""
+        if self._pool_size and self._max_size > self._pool_size:
+            return bool(shell.gauges()["idle"] < self._pool_size)
+        return True
+
     def _do_return_conn(self, record: Any) -> None:
-        shell = self._shell
-        owner: object = getattr(record, "_pgreservoir_shell", None)
-        if shell is None or shell.core.closed or not _same(owner, shell):
+        shell = self._owns(record)
+        if shell is None:
             # Checked out before dispose() (or from elsewhere): not pooled again.
             record.close()
             return
-        close = False
-        if self._pool_size and self._max_size > self._pool_size:
-            # QueuePool keeps at most pool_size idle; overflow ones close on return.
-            close = shell.gauges()["idle"] >= self._pool_size
-        shell.release(record, close)
+        shell.release(record, not self._keep_idle(shell))
 
     # -- Pool's public methods --------------------------------------------------------
 
@@ -269,6 +272,13 @@ class ReservoirPool(Pool):
         """pgreservoir's gauges and counters (:meth:`pgreservoir.ConnectionPool.stats`)."""
         shell = self._current_shell()
         return shell.stats()  # type: ignore[no-any-return]
+
+    def _owns(self, record: Any) -> Any:
+        """The current shell, if ``record`` came from it and it is open; else None."""
+        shell = self._shell
+        if shell is None or shell.core.closed:
+            return None
+        return shell if getattr(record, "_pgreservoir_shell", None) is shell else None
 
     @property
     def pool_options(self) -> PoolOptions:

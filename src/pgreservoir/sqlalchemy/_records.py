@@ -17,14 +17,15 @@ probes or pings.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import weakref
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Set, Tuple
 
 from ..drivers import BROKEN, CLEAN
 from ..drivers._sockets import Probe, close_probe, make_probe, shutdown_fd
 
-__all__ = ["RecordDriver", "RecordProbe"]
+__all__ = ["AsyncRecordDriver", "RecordDriver", "RecordProbe"]
 
 # What kind of libpq connection a DBAPI connection is, by its class.
 _PSYCOPG2 = 1
@@ -49,13 +50,8 @@ def _kind(conn: Any) -> int:
 
 
 def driver_connection(record: Any) -> Any:
-    """The record's driver-level connection (psycopg's for an async adapter), or None."""
-    conn = record.dbapi_connection
-    if conn is None:
-        return None
-    # SQLAlchemy's asyncio adapters wrap the driver's connection.
-    inner = getattr(conn, "driver_connection", None)
-    return conn if inner is None else inner
+    """The record's driver-level connection (psycopg's for an asyncio adapter), or None."""
+    return None if record.dbapi_connection is None else record.driver_connection
 
 
 def _none() -> Any:
@@ -82,22 +78,23 @@ class RecordProbe:
         self._inner: Optional[Probe] = None
 
     def __call__(self, timeout: int) -> Any:
-        conn = driver_connection(self._record)
-        if conn is not self._ref():
-            self._retarget(conn)
+        record = self._record
+        if record.dbapi_connection is not self._ref():
+            self._retarget(record.dbapi_connection)
         inner = self._inner
         return 0 if inner is None else inner(0)
 
-    def _retarget(self, conn: Any) -> None:
+    def _retarget(self, dbapi_conn: Any) -> None:
         close_probe(self._inner)
         self._inner = None
         self._ref = _none
+        conn = None if dbapi_conn is None else self._record.driver_connection
         if conn is not None:
             # Weakly held: a connection SQLAlchemy dropped must be collectable.
             try:
-                self._ref = weakref.ref(conn)
+                self._ref = weakref.ref(dbapi_conn)
             except TypeError:
-                self._ref = lambda: conn
+                self._ref = lambda: dbapi_conn
             kind = _kind(conn)
             if kind:
                 with contextlib.suppress(Exception):  # closed already: no probe
@@ -114,8 +111,8 @@ class RecordProbe:
         self._ref = _none
 
 
-class RecordDriver:
-    """What the blocking shell needs, done on SQLAlchemy connection records."""
+class _RecordOps:
+    """What both shells need, done on SQLAlchemy connection records, without I/O."""
 
     __slots__ = ("_pool", "_where", "server_ports")
 
@@ -127,15 +124,6 @@ class RecordDriver:
         self.server_ports: Tuple[int, ...] = ()
 
     # -- connections -----------------------------------------------------------
-
-    def connect(self) -> Any:
-        # Through SQLAlchemy: creator=, connect_args, do_connect, the dialect's
-        # on-connect hooks and the connect / first_connect events all apply.
-        return self._pool._create_connection()
-
-    def close(self, record: Any) -> None:
-        with contextlib.suppress(Exception):
-            record.close()  # fires the close event
 
     def force_close(self, record: Any) -> None:
         # Only pool close() forces connections still in use: they belong to
@@ -181,9 +169,6 @@ class RecordDriver:
     def restore(self, record: Any, baseline: Any) -> None:
         pass
 
-    def clean(self, record: Any, baseline: Any) -> None:
-        pass  # SQLAlchemy reset the connection before returning it
-
     def in_transaction(self, record: Any) -> bool:
         return False
 
@@ -210,23 +195,6 @@ class RecordDriver:
             return True
         return None  # a notification, a notice, or a FATAL before the EOF: ping
 
-    def ping(self, record: Any) -> None:
-        conn = driver_connection(record)
-        if conn is None or not _kind(conn) or record.dbapi_connection is not conn:
-            return  # nothing to ping, another DBAPI, or an asyncio adapter
-        autocommit = conn.autocommit
-        if not autocommit:
-            conn.autocommit = True
-        try:
-            cur = conn.cursor()
-            try:
-                cur.execute("SELECT 1")
-            finally:
-                cur.close()
-        finally:
-            if not autocommit and not conn.closed:
-                conn.autocommit = False
-
     # -- descriptions --------------------------------------------------------------
 
     def describe(self) -> str:
@@ -242,3 +210,104 @@ class RecordDriver:
 
     def cursor_kwargs(self, rows: Optional[str], cursor_factory: Any) -> Dict[str, Any]:
         return {}
+
+
+def _pingable(record: Any) -> Any:
+    """The psycopg connection to ping, or None (no connection, or another DBAPI)."""
+    conn = driver_connection(record)
+    return conn if conn is not None and _kind(conn) else None
+
+
+class RecordDriver(_RecordOps):
+    """The blocking shell's driver for SQLAlchemy connection records."""
+
+    __slots__ = ()
+
+    def connect(self) -> Any:
+        # Through SQLAlchemy: creator=, connect_args, do_connect, the dialect's
+        # on-connect hooks and the connect / first_connect events all apply.
+        return self._pool._create_connection()
+
+    def close(self, record: Any) -> None:
+        with contextlib.suppress(Exception):
+            record.close()  # fires the close event
+
+    def clean(self, record: Any, baseline: Any) -> None:
+        pass  # SQLAlchemy reset the connection before returning it
+
+    def ping(self, record: Any) -> None:
+        conn = _pingable(record)
+        if conn is None:
+            return
+        # In autocommit mode SELECT 1 is one round trip, and opens no transaction.
+        autocommit = conn.autocommit
+        if not autocommit:
+            conn.autocommit = True
+        try:
+            cur = conn.cursor()
+            try:
+                cur.execute("SELECT 1")
+            finally:
+                cur.close()
+        finally:
+            if not autocommit and not conn.closed:
+                conn.autocommit = False
+
+
+class AsyncRecordDriver(_RecordOps):
+    """The asyncio shell's driver for the records of an asyncio engine.
+
+    SQLAlchemy's asyncio adapters run their I/O through its greenlet bridge:
+    making a record, or closing one, must happen inside ``greenlet_spawn``.
+    """
+
+    __slots__ = ("_closing",)
+
+    def __init__(self, pool: Any, where: str) -> None:
+        super().__init__(pool, where)
+        self._closing: Set[Any] = set()  # close tasks in flight (held, so not collected)
+
+    async def connect(self) -> Any:
+        from sqlalchemy.util.concurrency import greenlet_spawn
+
+        return await greenlet_spawn(self._pool._create_connection)
+
+    def close_now(self, record: Any) -> None:
+        from sqlalchemy.util.concurrency import greenlet_spawn, in_greenlet
+
+        if in_greenlet():
+            with contextlib.suppress(Exception):
+                record.close()
+            return
+        # The shell closes from its own tasks, outside the bridge: close in a
+        # task of our own, which fires the close event there.
+        try:
+            task = asyncio.get_running_loop().create_task(greenlet_spawn(record.close))
+        except RuntimeError:  # no loop any more: drop the socket at least
+            self._drop(record)
+            return
+        self._closing.add(task)
+        task.add_done_callback(self._closed)
+
+    def _closed(self, task: Any) -> None:
+        self._closing.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a failed close is not worth a warning
+
+    @staticmethod
+    def _drop(record: Any) -> None:
+        conn = driver_connection(record)
+        if conn is not None and _kind(conn) == _PSYCOPG:
+            with contextlib.suppress(Exception):
+                conn.pgconn.finish()
+
+    async def clean(self, record: Any, baseline: Any) -> None:
+        pass  # SQLAlchemy reset the connection before returning it
+
+    async def ping(self, record: Any) -> None:
+        conn = _pingable(record)
+        if conn is None:
+            return
+        await conn.execute("SELECT 1")
+        if not conn.autocommit:
+            await conn.rollback()
