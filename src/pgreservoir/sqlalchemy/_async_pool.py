@@ -19,10 +19,9 @@ from sqlalchemy.util.concurrency import await_, in_greenlet
 
 from .._async.shell import AsyncPool
 from .._core import Core
-from .._logging import event_logger
 from ..errors import PoolClosed, PoolTimeout
 from ..options import next_pool_name
-from ._pool import ReservoirPool
+from ._pool import ReservoirPool, pool_events
 from ._records import AsyncRecordDriver
 
 __all__ = ["AsyncAdaptedReservoirPool"]
@@ -54,7 +53,7 @@ class AsyncAdaptedReservoirPool(ReservoirPool):
             core,
             AsyncRecordDriver(self, f"SQLAlchemy pool {type(self).__name__}"),
             options,
-            on_event=event_logger(core.name),
+            on_event=pool_events(core.name),
         )
 
     def _do_get(self) -> Any:
