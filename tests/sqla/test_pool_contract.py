@@ -302,3 +302,27 @@ def test_leak_report(make_engine: MakeEngine, caplog: pytest.LogCaptureFixture) 
         assert isinstance(pool, ReservoirPool)
         wait_until(lambda: pool.stats()["connections_leaked"] >= 1, "a leak report")
     assert "test_leak_report" in caplog.text  # where the connection was taken
+
+
+def test_fork_child_gets_its_own_connections(make_engine: MakeEngine) -> None:
+    import os
+
+    engine = make_engine(pool_size=2, max_overflow=0)
+    parent_pid = _pid(engine)
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: never return into pytest
+        code = 1
+        try:
+            code = 0 if _pid(engine) != parent_pid else 2
+        finally:
+            os.write(write, bytes([code]))
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        answer = pipe.read(1)
+    _, status = os.waitpid(child, 0)
+    assert answer == b"\x00", answer
+    assert os.waitstatus_to_exitcode(status) == 0
+    # The parent's connection was left alone by the child.
+    assert _pid(engine) == parent_pid
