@@ -326,3 +326,33 @@ def test_fork_child_gets_its_own_connections(make_engine: MakeEngine) -> None:
     assert os.waitstatus_to_exitcode(status) == 0
     # The parent's connection was left alone by the child.
     assert _pid(engine) == parent_pid
+
+
+def test_idle_ping_keeps_a_transaction_left_open(make_engine: MakeEngine) -> None:
+    # reset_on_return=None leaves the transaction to the user; the pool's
+    # idle ping (check_idle_after=0: before every hand-out) runs inside it.
+    engine = make_engine(
+        pool_reset_on_return=None,
+        pool_size=1,
+        max_overflow=0,
+        pool_options=PoolOptions(check_idle_after=0),
+    )
+    raw = engine.raw_connection()
+    cur = raw.cursor()
+    cur.execute("CREATE TEMP TABLE left_open (x int)")
+    cur.close()
+    raw_conn: Any = raw.dbapi_connection
+    pid = raw_conn.info.backend_pid
+    raw.close()
+    raw = engine.raw_connection()
+    try:
+        raw_conn = raw.dbapi_connection
+        assert raw_conn.info.backend_pid == pid  # kept, not discarded
+        cur = raw.cursor()
+        cur.execute("SELECT count(*) FROM left_open")  # the same transaction
+        row: Any = cur.fetchone()
+        assert row[0] == 0
+        cur.close()
+    finally:
+        raw.rollback()
+        raw.close()

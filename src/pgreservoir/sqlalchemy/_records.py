@@ -212,6 +212,13 @@ class _RecordOps:
         return {}
 
 
+def _in_transaction(conn: Any) -> bool:
+    """Whether a psycopg2 or psycopg connection has a transaction open."""
+    if _kind(conn) == _PSYCOPG2:
+        return bool(conn.get_transaction_status() != 0)
+    return bool(conn.pgconn.transaction_status != 0)
+
+
 def _pingable(record: Any) -> Any:
     """The psycopg connection to ping, or None (no connection, or another DBAPI)."""
     conn = driver_connection(record)
@@ -239,8 +246,10 @@ class RecordDriver(_RecordOps):
         conn = _pingable(record)
         if conn is None:
             return
-        # In autocommit mode SELECT 1 is one round trip, and opens no transaction.
-        autocommit = conn.autocommit
+        # In autocommit mode SELECT 1 is one round trip, and opens no
+        # transaction. A transaction left open (reset_on_return=None) stays
+        # as it is: the SELECT runs inside it.
+        autocommit = conn.autocommit or _in_transaction(conn)
         if not autocommit:
             conn.autocommit = True
         try:
@@ -308,6 +317,7 @@ class AsyncRecordDriver(_RecordOps):
         conn = _pingable(record)
         if conn is None:
             return
+        began = not conn.autocommit and not _in_transaction(conn)
         await conn.execute("SELECT 1")
-        if not conn.autocommit:
+        if began:
             await conn.rollback()
