@@ -5,8 +5,8 @@ environment variable ``RESERVOIR_POOL=1`` every ``create_engine()`` call
 for a PostgreSQL URL that names no ``poolclass`` or ``pool`` of its own (and
 so would get QueuePool) gets ``poolclass=ReservoirPool`` instead; otherwise
 the plugin does nothing, so the stock run has the same set-up. Asyncio
-engines (``create_async_engine``) get ``AsyncAdaptedReservoirPool`` when it
-exists.
+engines (an asyncio dialect, such as ``postgresql+psycopg_async``) get
+``AsyncAdaptedReservoirPool``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ if os.environ.get("RESERVOIR_POOL") == "1":
     import sqlalchemy.engine
     import sqlalchemy.engine.create
     from sqlalchemy.engine.url import make_url
+    from sqlalchemy.pool import QueuePool
 
     from pgreservoir import sqlalchemy as reservoir
 
@@ -27,10 +28,14 @@ if os.environ.get("RESERVOIR_POOL") == "1":
     def create_engine(url: Any, **kwargs: Any) -> Any:
         free = "poolclass" not in kwargs and "pool" not in kwargs
         if free and make_url(url).get_backend_name() == "postgresql":
-            if not kwargs.get("_is_async"):
-                kwargs["poolclass"] = reservoir.ReservoirPool
-            elif hasattr(reservoir, "AsyncAdaptedReservoirPool"):
-                kwargs["poolclass"] = reservoir.AsyncAdaptedReservoirPool
+            u = make_url(url)
+            dialect = u.get_dialect()
+            # Only where the engine would get QueuePool (or its asyncio twin).
+            if issubclass(dialect.get_pool_class(u), QueuePool):
+                if dialect.is_async:
+                    kwargs["poolclass"] = reservoir.AsyncAdaptedReservoirPool
+                else:
+                    kwargs["poolclass"] = reservoir.ReservoirPool
         return _create_engine(url, **kwargs)
 
     sqlalchemy.create_engine = create_engine  # type: ignore[assignment]
