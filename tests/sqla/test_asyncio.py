@@ -130,3 +130,18 @@ def test_connect_error_reaches_the_caller(async_url: str) -> None:
         await engine.dispose()
 
     run(main)
+
+
+def test_timeout_zero_still_opens_a_connection(async_url: str) -> None:
+    # As QueuePool: pool_timeout bounds waiting for a returned connection,
+    # not the connect made when the pool has room.
+    async def main() -> None:
+        engine = _engine(async_url, pool_size=1, max_overflow=0, pool_timeout=0)
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SELECT 1"))).scalar_one() == 1
+            with pytest.raises(exc.TimeoutError):
+                async with engine.connect():
+                    pass
+        await engine.dispose()
+
+    run(main)

@@ -41,3 +41,12 @@ if os.environ.get("RESERVOIR_POOL") == "1":
     sqlalchemy.create_engine = create_engine  # type: ignore[assignment]
     sqlalchemy.engine.create_engine = create_engine  # type: ignore[assignment]
     sqlalchemy.engine.create.create_engine = create_engine  # type: ignore[assignment]
+
+    def pytest_collection_finish(session: Any) -> None:
+        """Tests marked ``requires.queue_pool`` ("the target database is using
+        QueuePool") test the pool's behaviour: run them on ReservoirPool too.
+        The requirement checks ``isinstance(config.db.pool, QueuePool)`` with
+        its module's global at run time."""
+        from sqlalchemy.testing import requirements
+
+        requirements.QueuePool = (QueuePool, reservoir.ReservoirPool)  # type: ignore[assignment]

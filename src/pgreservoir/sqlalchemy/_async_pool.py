@@ -58,8 +58,17 @@ class AsyncAdaptedReservoirPool(ReservoirPool):
 
     def _do_get(self) -> Any:
         shell = self._current_shell()
+        wait = self._wait
+        if wait < self._options.timeout:
+            # QueuePool bounds the wait for a returned connection, never a
+            # connect: with room in the pool, wait for the open that the
+            # pool's task does for this caller (a failing connect still
+            # returns at once: fail_fast).
+            gauges = shell.gauges()
+            if gauges["size"] < gauges["max_size"]:
+                wait = self._options.timeout
         try:
-            record = await_(shell.acquire(self._wait))
+            record = await_(shell.acquire(wait))
         except PoolTimeout as exc:
             raise self._timed_out(exc) from exc
         except PoolClosed:
