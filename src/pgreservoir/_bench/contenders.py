@@ -439,6 +439,17 @@ def _open_sqlalchemy(target: Target, size: int) -> Session:
     return Session(pool.connect, release, pool.dispose, warm=size)
 
 
+def _open_reservoir_sqlalchemy(target: Target, size: int) -> Session:
+    sqlalchemy_pool: Any = importlib.import_module("sqlalchemy.pool")
+    reservoir: Any = importlib.import_module("pgreservoir.sqlalchemy")
+    # The same pool layer as the "sqlalchemy" contender, with ReservoirPool.
+    pool = reservoir.ReservoirPool(
+        target.psycopg2_connect, pool_size=size, max_overflow=0, timeout=ACQUIRE_TIMEOUT
+    )
+    release = sqlalchemy_pool.base._ConnectionFairy.close
+    return Session(pool.connect, release, pool.dispose, warm=size)
+
+
 def _open_dbutils(target: Target, size: int) -> Session:
     pooled_db: Any = importlib.import_module("dbutils.pooled_db")
     pool = pooled_db.PooledDB(
@@ -664,6 +675,15 @@ CONTENDERS: Tuple[Contender, ...] = (
         _open_psycopg_pool,
         "psycopg_pool.ConnectionPool (psycopg 3)",
         driver="psycopg",
+    ),
+    Contender(
+        "pgreservoir-sqlalchemy",
+        "pgreservoir.sqlalchemy",
+        "pgreservoir",
+        ("sqlalchemy",),
+        _open_reservoir_sqlalchemy,
+        "pgreservoir.sqlalchemy.ReservoirPool over psycopg2 (max_overflow=0), the pool "
+        "layer of create_engine(poolclass=ReservoirPool)",
     ),
     Contender(
         "sqlalchemy",
