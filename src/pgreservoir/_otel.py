@@ -103,8 +103,12 @@ class _Binding:
             self._idle = lambda: _is_unset_proxy(get_meter_provider())
         self._shells: weakref.WeakSet[Any] = weakref.WeakSet()
         self._shells_lock = threading.Lock()  # a leaf: guards _shells only
-        # What each pool's histograms held at the last replay (replay thread only).
+        # What each pool's histograms held at the last replay (replay thread
+        # only), by the pool's core: a pool collected before the next replay
+        # still has its last values replayed, from the core its finalizer
+        # left in _orphans (the core does not reference its shell).
         self._replayed: weakref.WeakKeyDictionary[Any, Figures] = weakref.WeakKeyDictionary()
+        self._orphans: List[Any] = []  # appended by finalizers at any time: atomic ops only
         self._replay_lock = threading.Lock()
         self._finished: weakref.WeakSet[Any] = weakref.WeakSet()  # closed, replayed
         self._warned: set[str] = set()  # pools whose dropped values were logged
@@ -188,6 +192,7 @@ class _Binding:
     def add(self, shell: Any) -> None:
         with self._shells_lock:
             self._shells.add(shell)
+        weakref.finalize(shell, self._orphans.append, shell.core).atexit = False
         ticker.add(self.replay)
 
     def _figures(self) -> List[Figures]:
@@ -253,32 +258,45 @@ class _Binding:
                         continue
                     self._finished.add(shell)
                 fig = read(shell)
-                if fig is None:
+                if fig is not None:
+                    self._replay_one(shell.core, fig)
+            while self._orphans:
+                # Collected since the last replay: nobody else holds its core.
+                core = self._orphans.pop()
+                try:
+                    fig = core.figures()
+                except Exception:
+                    logger.debug("a collected pool's last metrics were unreadable", exc_info=True)
                     continue
-                before = self._replayed.get(shell)
-                self._replayed[shell] = fig
-                attributes = {POOL_NAME: fig.name}
-                for histogram, counts_field, sums_field in self._histograms:
-                    counts = getattr(fig, counts_field)
-                    sums = getattr(fig, sums_field)
-                    if before is None:
-                        old_counts: Tuple[int, ...] = (0,) * len(counts)
-                        old_sums: Tuple[float, ...] = (0.0,) * len(sums)
-                    else:
-                        old_counts = getattr(before, counts_field)
-                        old_sums = getattr(before, sums_field)
-                    budget = MAX_REPLAY
-                    for index, (count, old) in enumerate(zip(counts, old_counts)):
-                        new = count - old
-                        if new > 0:
-                            value = _inside(index, (sums[index] - old_sums[index]) / new)
-                            sent = min(new, budget)
-                            budget -= sent
-                            for _ in range(sent):
-                                histogram.record(value, attributes)
-                            if sent < new:
-                                self._dropped(fig.name, new - sent)
+                self._replay_one(core, fig)
+                self._replayed.pop(core, None)
         return any(not shell.core.closed for shell in shells)
+
+    def _replay_one(self, core: Any, fig: Figures) -> None:
+        """Record what one pool's buckets gained since its last replay."""
+        before = self._replayed.get(core)
+        self._replayed[core] = fig
+        attributes = {POOL_NAME: fig.name}
+        for histogram, counts_field, sums_field in self._histograms:
+            counts = getattr(fig, counts_field)
+            sums = getattr(fig, sums_field)
+            if before is None:
+                old_counts: Tuple[int, ...] = (0,) * len(counts)
+                old_sums: Tuple[float, ...] = (0.0,) * len(sums)
+            else:
+                old_counts = getattr(before, counts_field)
+                old_sums = getattr(before, sums_field)
+            budget = MAX_REPLAY
+            for index, (count, old) in enumerate(zip(counts, old_counts)):
+                new = count - old
+                if new > 0:
+                    value = _inside(index, (sums[index] - old_sums[index]) / new)
+                    sent = min(new, budget)
+                    budget -= sent
+                    for _ in range(sent):
+                        histogram.record(value, attributes)
+                    if sent < new:
+                        self._dropped(fig.name, new - sent)
 
 
 def _version() -> Optional[str]:
