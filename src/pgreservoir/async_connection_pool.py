@@ -168,9 +168,10 @@ class AsyncConnectionPool:
         try:
             yield conn
         except BaseException as exc:
-            lost = self._shell.driver.is_disconnect(exc, conn)
+            shell = self._shell
+            lost = shell.driver.is_disconnect(exc, conn) or shell.refused_for_role(exc, conn)
             if lost:
-                self._shell.mark_suspect()
+                shell.mark_suspect()
             await self.putconn(conn, lost)
             raise
         try:

@@ -26,6 +26,7 @@ COUNTER_KEYS = (
     "connections_lost",
     "returns_broken",
     "returns_closed",
+    "connections_stale_role",
 )
 
 # Buckets grow by 2**(1/4) (19%) from 1 us: 120 buckets reach ~1e9 us (17 min).

@@ -67,6 +67,7 @@ from .._core import (
     Waiter,
 )
 from .._logging import logger
+from .._role import role_check, role_verdict, stale
 from .._sync.shell import MIN_CHECK_TIME
 from ..drivers import AsyncDriver
 from ..drivers._sockets import close_probe, open_fds, stray_sockets
@@ -188,7 +189,8 @@ class AsyncPool:
         self._barge = core.barge_window
         self._reconnect_failed = reconnect_failed
         self._owner = self if owner is None else owner
-        self._verdict = driver.verdict
+        self._role = role_check(driver)  # a wanted server role (target_session_attrs)
+        self._verdict = role_verdict(driver, self._role)
         self._entry_of = core.in_use.get
         # Bound to the first event loop the pool is used on (open()).
         self._loop: Optional[asyncio.AbstractEventLoop] = None
@@ -380,6 +382,10 @@ class AsyncPool:
                 self._hand_back_after(task, entry, CloseReason.DEAD)
                 return None
             alive = not late and _succeeded(task)
+            # The round trip brought the server's latest parameter statuses.
+            if alive and stale(self.driver, self._role, conn):
+                self._hand_back(entry, CloseReason.STALE_ROLE)
+                return None
         if not alive:
             self._hand_back(entry, CloseReason.DEAD)
             return None
@@ -705,13 +711,14 @@ class AsyncPool:
             if alive is None or (alive and ping):
                 at = self.clock() + self._check_timeout
                 alive = await self._round_trip(entry.conn, at, self.driver.ping)
+            wrong = bool(alive) and stale(self.driver, self._role, entry.conn)
         except asyncio.CancelledError:
             self.carry_out(self.core.checked(entry, False, self.clock()))
             raise
         except BaseException as exc:
-            alive = False
+            alive, wrong = False, False
             self._background_failed("checking an idle connection", exc)
-        self.carry_out(self.core.checked(entry, bool(alive), self.clock()))
+        self.carry_out(self.core.checked(entry, bool(alive), self.clock(), stale=wrong))
 
     def _background_failed(self, what: str, exc: BaseException) -> None:
         logger.error(
@@ -813,6 +820,14 @@ class AsyncPool:
     def drain(self) -> None:
         """Replace every connection: idle ones now, those in use when they come back."""
         self.carry_out(self.core.drain(self.clock()))
+
+    def refused_for_role(self, exc: BaseException, conn: Any) -> bool:
+        """As :meth:`SyncPool.refused_for_role`."""
+        return (
+            self._role is not None
+            and self.driver.is_read_only_error(exc)
+            and not self.driver.client_read_only(conn)
+        )
 
     def mark_suspect(self) -> None:
         """A caller saw a disconnect error: idle connections get a round trip before use."""

@@ -50,6 +50,7 @@ from .._core import (
     Waiter,
 )
 from .._logging import logger
+from .._role import role_check, role_verdict, stale
 from ..drivers import Driver
 from ..drivers._sockets import close_probe, open_fds, stray_sockets
 from ..errors import PoolError, throw
@@ -107,7 +108,10 @@ class SyncPool:
         self._entry_of = core.in_use.get
         self.name = core.name
         self.driver = driver
-        self._verdict = driver.verdict  # bound once: called on every check-in
+        # Bound once: called on every check-in. A pool that wants a server role
+        # (target_session_attrs) also reads the role its server reported.
+        self._role = role_check(driver)
+        self._verdict = role_verdict(driver, self._role)
         self._clock = self.clock = clock
         self._on_event = on_event
         self._configure = options.configure
@@ -327,6 +331,10 @@ class SyncPool:
             except BaseException:
                 self._hand_back(entry, CloseReason.INTERRUPTED)
                 raise
+            # The round trip brought the server's latest parameter statuses.
+            if alive and stale(self.driver, self._role, conn):
+                self._hand_back(entry, CloseReason.STALE_ROLE)
+                return None
         if not alive:
             self._hand_back(entry, CloseReason.DEAD)
             return None
@@ -686,11 +694,12 @@ class SyncPool:
             if alive is None or (alive and ping):
                 at = self._clock() + self._check_timeout
                 alive = self._bounded(entry.conn, at, self.driver.ping)
+            wrong = bool(alive) and stale(self.driver, self._role, entry.conn)
         except BaseException as exc:
-            alive = False
+            alive, wrong = False, False
             self._background_failed("checking an idle connection", exc)
         with self._lock:
-            plan = self.core.checked(entry, bool(alive), self._clock())
+            plan = self.core.checked(entry, bool(alive), self._clock(), stale=wrong)
         self.carry_out(plan)
 
     # ------------------------------------------------------------------
@@ -759,6 +768,16 @@ class SyncPool:
         with self._lock:
             plan = self.core.drain(self._clock())
         self.carry_out(plan)
+
+    def refused_for_role(self, exc: BaseException, conn: Any) -> bool:
+        """Whether ``exc``, raised while using ``conn``, is a write refused because its
+        server left the role this pool wants (SQLSTATE 25006; servers before
+        PostgreSQL 14 report no parameter status, so the error is the only sign)."""
+        return (
+            self._role is not None
+            and self.driver.is_read_only_error(exc)
+            and not self.driver.client_read_only(conn)
+        )
 
     def mark_suspect(self) -> None:
         """A caller saw a disconnect error: idle connections get a round trip before use."""

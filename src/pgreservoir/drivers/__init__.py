@@ -54,6 +54,8 @@ class Driver(Protocol):
 
     #: The server ports connections may go to (to recognise them after a fork).
     server_ports: Tuple[int, ...]
+    #: libpq's ``target_session_attrs`` for these connection options (None: unset).
+    target_session_attrs: Optional[str]
 
     def connect(self) -> Any:
         """Open a new connection (raises the driver's error on failure)."""
@@ -114,6 +116,15 @@ class Driver(Protocol):
     def cursor_kwargs(self, rows: Optional[str], cursor_factory: Any) -> Dict[str, Any]:
         """Keyword arguments for ``conn.cursor()`` giving rows of type ``rows``."""
 
+    def parameter_status(self, conn: Any, name: str) -> Optional[str]:
+        """A parameter status the server reported (``in_hot_standby``...), without I/O."""
+
+    def client_read_only(self, conn: Any) -> bool:
+        """Whether the driver's own read-only attribute is set on ``conn``."""
+
+    def is_read_only_error(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is SQLSTATE 25006 (a write refused by a read-only server)."""
+
 
 class AsyncDriver(Protocol):
     """The asyncio shell's driver: :class:`Driver` with the round trips as coroutines.
@@ -123,6 +134,7 @@ class AsyncDriver(Protocol):
     """
 
     server_ports: Tuple[int, ...]
+    target_session_attrs: Optional[str]
 
     async def connect(self) -> Any:
         """Open a new connection (raises the driver's error on failure)."""
@@ -172,6 +184,15 @@ class AsyncDriver(Protocol):
 
     def is_disconnect(self, exc: BaseException, conn: Any) -> bool:
         """Whether ``exc`` means the connection's server side is gone."""
+
+    def parameter_status(self, conn: Any, name: str) -> Optional[str]:
+        """As :meth:`Driver.parameter_status`."""
+
+    def client_read_only(self, conn: Any) -> bool:
+        """As :meth:`Driver.client_read_only`."""
+
+    def is_read_only_error(self, exc: BaseException) -> bool:
+        """As :meth:`Driver.is_read_only_error`."""
 
 
 def make_async_driver(

@@ -116,6 +116,13 @@ class Psycopg2Driver(DriverBase):
     def adopt(self, conn: Any, owner: Any) -> None:
         pass  # psycopg2 connections do not know about pools
 
+    def parameter_status(self, conn: Any, name: str) -> Optional[str]:
+        value: Optional[str] = conn.get_parameter_status(name)
+        return value
+
+    def client_read_only(self, conn: Any) -> bool:
+        return conn.readonly is True
+
     # -- check-in ------------------------------------------------------------
 
     def verdict(self, conn: Any, baseline: Any) -> int:

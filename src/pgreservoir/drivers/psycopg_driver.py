@@ -102,6 +102,7 @@ class _PsycopgBase(DriverBase):
             self._kwargs: Any = connect_kwargs
             self._masked = f"(connection parameters from {_name_of(conninfo, connect_kwargs)})"
             self.server_ports = ()
+            self.target_session_attrs = None  # not known before the first connect
         else:
             self._conninfo, self._kwargs = self._complete(conninfo, connect_kwargs)
 
@@ -239,6 +240,13 @@ class _PsycopgBase(DriverBase):
             "namedtuple": psycopg.rows.namedtuple_row,
         }
         return {"row_factory": factories[rows]}
+
+    def parameter_status(self, conn: Any, name: str) -> Optional[str]:
+        raw = conn.pgconn.parameter_status(name.encode())  # conn.info allocates an object
+        return None if raw is None else str(raw.decode())
+
+    def client_read_only(self, conn: Any) -> bool:
+        return conn.read_only is True
 
     def is_disconnect(self, exc: BaseException, conn: Any) -> bool:
         if not isinstance(exc, self._psycopg.Error):
