@@ -65,6 +65,7 @@ class AsyncConnectionPool:
             connect_kwargs,
             connection_class=connection_class,
             defaults=options.connect_defaults,
+            transaction_pooling=options.transaction_pooling,
         )
         self._options = options
         self._shell = shell = AsyncPool(

@@ -68,6 +68,7 @@ from .._core import (
 )
 from .._logging import logger
 from .._role import role_check, role_verdict, stale
+from .._session_state import SESSION_STATE_SQL, SessionStateWatch
 from .._sync.shell import MIN_CHECK_TIME
 from ..drivers import AsyncDriver
 from ..drivers._sockets import close_probe, open_fds, stray_sockets
@@ -184,6 +185,7 @@ class AsyncPool:
         self._on_event = on_event
         self._configure = options.configure
         self._reset = options.reset
+        self._state_watch = SessionStateWatch(core.name) if options.transaction_pooling else None
         self._user_check = options.check
         self._check_timeout = options.check_timeout
         self._barge = core.barge_window
@@ -545,6 +547,9 @@ class AsyncPool:
                 await _maybe_await(self._reset(conn))
                 if self.driver.in_transaction(conn):
                     raise PoolError("reset() left a transaction open")
+                watch = self._state_watch
+                if watch is not None and watch.wants_reset_check():
+                    await self._watch_state(conn, "reset")
         except BaseException as exc:
             failure = self._describe_error(exc)
             if not isinstance(exc, Exception):  # cancelled by close(), or worse
@@ -589,6 +594,8 @@ class AsyncPool:
                         f"configure() left a transaction open on a new connection of pool "
                         f"{self.name!r}: commit or roll back inside configure()"
                     )
+                if self._state_watch is not None:
+                    await self._watch_state(conn, "configure")
             baseline = self.driver.snapshot(conn)
             probe = self.driver.probe(conn)
             if probe(0) and self.driver.after_readable(conn, probe) is True:
@@ -820,6 +827,16 @@ class AsyncPool:
     def drain(self) -> None:
         """Replace every connection: idle ones now, those in use when they come back."""
         self.carry_out(self.core.drain(self.clock()))
+
+    async def _watch_state(self, conn: Any, callback: str) -> None:
+        """As SyncPool._watch_state, awaited."""
+        watch = self._state_watch
+        assert watch is not None
+        try:
+            state = await self.driver.fetch_value(conn, SESSION_STATE_SQL)
+        except Exception:  # best effort (see SyncPool._watch_state)
+            return
+        watch.found(callback, state)
 
     def refused_for_role(self, exc: BaseException, conn: Any) -> bool:
         """As :meth:`SyncPool.refused_for_role`."""

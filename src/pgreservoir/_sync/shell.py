@@ -51,6 +51,7 @@ from .._core import (
 )
 from .._logging import logger
 from .._role import role_check, role_verdict, stale
+from .._session_state import SESSION_STATE_SQL, SessionStateWatch
 from ..drivers import Driver
 from ..drivers._sockets import close_probe, open_fds, stray_sockets
 from ..errors import PoolError, throw
@@ -116,6 +117,8 @@ class SyncPool:
         self._on_event = on_event
         self._configure = options.configure
         self._reset = options.reset
+        # transaction_pooling: what configure()/reset() leave behind is reported.
+        self._state_watch = SessionStateWatch(core.name) if options.transaction_pooling else None
         self._user_check = options.check
         self._check_timeout = options.check_timeout
         self._barge = core.barge_window
@@ -476,6 +479,8 @@ class SyncPool:
                     self._reset(conn)
                     if self.driver.in_transaction(conn):
                         raise PoolError("reset() left a transaction open")
+                    if self._state_watch is not None and self._state_watch.wants_reset_check():
+                        self._watch_state(conn, "reset")
             except Exception as exc:
                 failure = self._describe_error(exc)
             finally:
@@ -487,6 +492,16 @@ class SyncPool:
             self._finish_clean(entry, self._describe_error(exc))
             raise
         self._finish_clean(entry, failure)
+
+    def _watch_state(self, conn: Any, callback: str) -> None:
+        """One round trip: the session state ``callback`` left (see _session_state)."""
+        watch = self._state_watch
+        assert watch is not None
+        try:
+            state = self.driver.fetch_value(conn, SESSION_STATE_SQL)
+        except Exception:  # best effort: a proxy that refuses the question changes nothing
+            return
+        watch.found(callback, state)
 
     def _finish_clean(self, entry: Entry, failure: Optional[str]) -> None:
         with self._lock:
@@ -546,6 +561,8 @@ class SyncPool:
                         f"configure() left a transaction open on a new connection of pool "
                         f"{self.name!r}: commit or roll back inside configure()"
                     )
+                if self._state_watch is not None:
+                    self._watch_state(conn, "configure")
             baseline = self.driver.snapshot(conn)
             probe = self.driver.probe(conn)
         except BaseException as exc:

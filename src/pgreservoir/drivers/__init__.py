@@ -125,6 +125,9 @@ class Driver(Protocol):
     def is_read_only_error(self, exc: BaseException) -> bool:
         """Whether ``exc`` is SQLSTATE 25006 (a write refused by a read-only server)."""
 
+    def fetch_value(self, conn: Any, query: str) -> Any:
+        """Run ``query`` outside any transaction (a round trip); its first column."""
+
 
 class AsyncDriver(Protocol):
     """The asyncio shell's driver: :class:`Driver` with the round trips as coroutines.
@@ -194,6 +197,9 @@ class AsyncDriver(Protocol):
     def is_read_only_error(self, exc: BaseException) -> bool:
         """As :meth:`Driver.is_read_only_error`."""
 
+    async def fetch_value(self, conn: Any, query: str) -> Any:
+        """As :meth:`Driver.fetch_value`, awaited."""
+
 
 def make_async_driver(
     conninfo: Optional[str],
@@ -201,10 +207,16 @@ def make_async_driver(
     *,
     connection_class: Any = None,
     defaults: Optional[Mapping[str, Any]] = None,
+    transaction_pooling: bool = False,
 ) -> AsyncDriver:
-    """The asyncio driver: psycopg 3's ``AsyncConnection`` (or ``connection_class``)."""
+    """The asyncio driver: psycopg 3's ``AsyncConnection`` (or ``connection_class``);
+    ``transaction_pooling``: server-side prepared statements off unless the keywords
+    set ``prepare_threshold``."""
+    from ._transaction_pooling import psycopg_kwargs
     from .psycopg_driver import AsyncPsycopgDriver, import_psycopg
 
+    if transaction_pooling and isinstance(connect_kwargs, Mapping):
+        connect_kwargs = psycopg_kwargs(dict(connect_kwargs))
     if connection_class is None:
         connection_class = import_psycopg().AsyncConnection
     return AsyncPsycopgDriver(conninfo, connect_kwargs, connection_class, defaults=defaults)
@@ -217,14 +229,24 @@ def make_driver(
     connection_class: Any = None,
     defaults: Optional[Mapping[str, Any]] = None,
     args: Tuple[Any, ...] = (),
+    transaction_pooling: bool = False,
 ) -> Driver:
-    """The driver for these connection options (validated now, so a typo fails at once)."""
+    """The driver for these connection options (validated now, so a typo fails at once).
+
+    ``transaction_pooling``: the server side is a transaction-pooling proxy, so
+    the connections must leave no session state behind (see
+    :mod:`._transaction_pooling`)."""
     if connection_class is not None:
+        from ._transaction_pooling import psycopg_kwargs
         from .psycopg_driver import PsycopgDriver
 
         if args:
             raise TypeError("psycopg 3 connections take no positional connection arguments")
+        if transaction_pooling and isinstance(connect_kwargs, Mapping):
+            connect_kwargs = psycopg_kwargs(dict(connect_kwargs))
         return PsycopgDriver(dsn, connect_kwargs, connection_class, defaults=defaults)
     from .psycopg2_driver import Psycopg2Driver
 
-    return Psycopg2Driver(dsn, connect_kwargs, defaults=defaults, args=args)
+    return Psycopg2Driver(
+        dsn, connect_kwargs, defaults=defaults, args=args, transaction_pooling=transaction_pooling
+    )

@@ -111,6 +111,24 @@ class DriverBase(abc.ABC):
             if not autocommit and not conn.closed:
                 conn.autocommit = False
 
+    def fetch_value(self, conn: Any, query: str) -> Any:
+        """Run ``query`` (no parameters) outside any transaction; its first column."""
+        autocommit = conn.autocommit
+        if not autocommit:
+            conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                self._execute_unprepared(cur, query)
+                row = cur.fetchone()
+                return None if row is None else row[0]
+        finally:
+            if not autocommit and not conn.closed:
+                conn.autocommit = False
+
+    @staticmethod
+    def _execute_unprepared(cur: Any, query: str) -> None:
+        cur.execute(query)
+
     def describe(self) -> str:
         return self._masked
 

@@ -9,6 +9,7 @@ from .._core import BROKEN, CLEAN, DIRTY, HOLDER_CLOSED, RESTORE
 from . import check_rows
 from ._base import DriverBase, is_lost_sqlstate
 from ._sockets import Probe
+from ._transaction_pooling import psycopg2_connect_args
 
 __all__ = ["Psycopg2Driver"]
 
@@ -43,11 +44,14 @@ class Psycopg2Driver(DriverBase):
         *,
         defaults: Optional[Mapping[str, Any]] = None,
         args: Tuple[Any, ...] = (),
+        transaction_pooling: bool = False,
     ) -> None:
         """Validate the connection options now, so a typo fails at construction.
 
         ``dsn``/``args``/``connect_kwargs`` are what the caller would pass to
-        ``psycopg2.connect()``; ``defaults`` fill libpq options the caller did not set.
+        ``psycopg2.connect()``; ``defaults`` fill libpq options the caller did not set;
+        ``transaction_pooling``: connections whose session characteristics change
+        client-side only (see :mod:`._transaction_pooling`).
         """
         psycopg2 = _import_psycopg2()
         self._psycopg2 = psycopg2
@@ -60,6 +64,8 @@ class Psycopg2Driver(DriverBase):
             dsn, args = args[0], args[1:]
         if dsn is not None and not isinstance(dsn, str):
             raise TypeError(f"the DSN must be a str, got {type(dsn).__name__}")
+        if transaction_pooling:
+            kwargs, args = psycopg2_connect_args(kwargs, args)
         # From here on nothing may quote the DSN unmasked: it may hold a password.
         try:
             if dsn is not None:
