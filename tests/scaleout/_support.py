@@ -72,12 +72,13 @@ def multi_host_dsn(*servers: PostgresServer, **params: Any) -> str:
     )
 
 
-def make_pool(dsn: str, mode: str, name: str) -> Any:
+def make_pool(dsn: str, mode: str, name: str, **options: Any) -> Any:
     settings: Dict[str, Any] = {
         "min_size": MIN_SIZE,
         "max_size": MAX_SIZE,
         "timeout": REQUEST_TIMEOUT,
         "name": name,
+        **options,
     }
     return LoopPool(dsn, **settings) if mode == "asyncio" else ConnectionPool(dsn, **settings)
 
@@ -125,8 +126,8 @@ def make_workload(pool: Any, mode: str, fault: str) -> Union[ServedWorkload, Asy
     return ServedWorkload(pool, fault=fault, threads=THREADS, request_timeout=REQUEST_TIMEOUT)
 
 
-def committed_ids(server: PostgresServer) -> Set[int]:
-    conn = server.connect()
+def committed_ids(server: PostgresServer, dbname: Optional[str] = None) -> Set[int]:
+    conn = server.connect(dbname)
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT id FROM chaos_commits")
