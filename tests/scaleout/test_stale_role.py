@@ -16,6 +16,7 @@ two workers.
 from __future__ import annotations
 
 import time
+from typing import Any, Dict
 
 import pytest
 
@@ -143,13 +144,19 @@ def test_default_target_session_attrs_checks_no_role() -> None:
             pool.close()
 
 
-def test_read_write_pool_discards_a_fenced_connection_at_check_in() -> None:
+@pytest.mark.parametrize("driver", ["psycopg2", "psycopg"])
+def test_read_write_pool_discards_a_fenced_connection_at_check_in(driver: str) -> None:
+    options: Dict[str, Any] = {}
+    if driver == "psycopg":
+        import psycopg
+
+        options["connection_class"] = psycopg.Connection
     with pair(synchronous=False) as (primary, standby):
         dsn = multi_host_dsn(primary, standby, target_session_attrs="read-write")
-        pool = ConnectionPool(dsn, min_size=0, max_size=2)
+        pool = ConnectionPool(dsn, min_size=0, max_size=2, **options)
         try:
             first, second = pool.getconn(), pool.getconn()
-            first_pid = first.get_backend_pid()
+            first_pid = first.info.backend_pid
             pool.putconn(second)  # idle: it will be revalidated before its next use
             primary.fence()
             with first.cursor() as cur:
@@ -158,14 +165,14 @@ def test_read_write_pool_discards_a_fenced_connection_at_check_in() -> None:
             pool.putconn(first)
             assert pool.stats()["connections_stale_role"] == 1
             # The idle sibling is pinged, found fenced too, and discarded; with no
-            # writable server left the checkout times out naming the cause.
+            # writable server left the checkout times out.
             with pytest.raises(PoolTimeout):
                 pool.getconn(timeout=2)
             assert pool.stats()["connections_stale_role"] == 2
             primary.unfence()
             conn = pool.getconn(timeout=10)
-            assert conn.get_backend_pid() != first_pid
-            assert conn.get_parameter_status("default_transaction_read_only") == "off"
+            assert conn.info.backend_pid != first_pid
+            assert conn.info.parameter_status("default_transaction_read_only") == "off"
             pool.putconn(conn)
         finally:
             pool.close()
