@@ -50,15 +50,18 @@ class PoolHelpers:
         when it takes the connection back. If the exception says the server
         connection is gone, the connection is closed instead, and the pool's
         idle connections get a round trip before their next use (they
-        probably went with it). ``timeout`` as for ``getconn``.
+        probably went with it). So is one whose write was refused as read-only
+        (SQLSTATE 25006) when the pool wants a writable server
+        (``target_session_attrs=read-write``). ``timeout`` as for ``getconn``.
         """
         conn = self._helper_acquire(timeout)
         try:
             yield conn
         except BaseException as exc:
-            lost = self._shell.driver.is_disconnect(exc, conn)
+            shell = self._shell
+            lost = shell.driver.is_disconnect(exc, conn) or shell.refused_for_role(exc, conn)
             if lost:
-                self._shell.mark_suspect()
+                shell.mark_suspect()
             self._helper_release(conn, lost)
             raise
         try:

@@ -69,6 +69,7 @@ class AsyncConnectionPool:
             connect_kwargs,
             connection_class=connection_class,
             defaults=options.connect_defaults,
+            transaction_pooling=options.transaction_pooling,
         )
         self._options = options
         self._shell = shell = AsyncPool(
@@ -178,9 +179,10 @@ class AsyncConnectionPool:
         try:
             yield conn
         except BaseException as exc:
-            lost = self._shell.driver.is_disconnect(exc, conn)
+            shell = self._shell
+            lost = shell.driver.is_disconnect(exc, conn) or shell.refused_for_role(exc, conn)
             if lost:
-                self._shell.mark_suspect()
+                shell.mark_suspect()
             await self.putconn(conn, lost)
             raise
         try:

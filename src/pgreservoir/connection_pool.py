@@ -69,7 +69,7 @@ class ConnectionPool(PoolHelpers):
     ``check_timeout``, ``configure``, ``reset``, ``name``, ``fail_fast``,
     ``reconnect_timeout``, ``reconnect_failed`` (called with the pool),
     ``leak_threshold``, ``check_idle_interval``, ``num_workers``,
-    ``connect_defaults``.
+    ``connect_defaults``, ``transaction_pooling``.
     """
 
     def __init__(
@@ -89,6 +89,7 @@ class ConnectionPool(PoolHelpers):
             connect_kwargs,
             connection_class=connection_class,
             defaults=options.connect_defaults,
+            transaction_pooling=options.transaction_pooling,
         )
         core = Core(options, name=name, min_size=lo, max_size=hi)
         self._options = options

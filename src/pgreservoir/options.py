@@ -237,6 +237,16 @@ class PoolOptions:
     num_workers: int = _option(
         2, _count(1), "most connection attempts in flight at once (one while connecting fails)"
     )
+    transaction_pooling: bool = _option(
+        False,
+        _flag,
+        "the server side is a transaction-pooling proxy (PgBouncer pool_mode=transaction, "
+        "RDS Proxy, Supavisor): connections leave no session state behind (psycopg2's "
+        "isolation_level/readonly/deferrable change client-side only; psycopg 3's "
+        "server-side prepared statements are off unless prepare_threshold is given), and "
+        "configure()/reset() that leave session state are warned about (see "
+        "docs/scaling-out.md)",
+    )
     connect_defaults: Mapping[str, Any] = _option(
         dict(DEFAULT_CONNECT_OPTIONS),
         _mapping,

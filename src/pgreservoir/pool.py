@@ -204,7 +204,13 @@ class AbstractConnectionPool(PoolHelpers):
             )
         dsn = kwargs.pop("dsn", None)
         name = options.name or next_pool_name()
-        driver = make_driver(dsn, kwargs, defaults=options.connect_defaults, args=args)
+        driver = make_driver(
+            dsn,
+            kwargs,
+            defaults=options.connect_defaults,
+            args=args,
+            transaction_pooling=options.transaction_pooling,
+        )
         # Timeouts carry psycopg2's message from the core on: no second error
         # to build for each "exhausted" that a retry loop asks for again.
         refusal = (EXHAUSTED_MESSAGE, _NOTE_WAIT if options.timeout == 0 else "")

@@ -37,6 +37,7 @@ COUNTER_KEYS = (
     "returns_broken",
     "returns_closed",
     "use_ms_total",
+    "connections_stale_role",
 )
 
 #: Timings: estimates from the duration histograms, in milliseconds. Use

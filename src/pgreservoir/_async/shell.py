@@ -68,6 +68,8 @@ from .._core import (
     Waiter,
 )
 from .._logging import logger
+from .._role import role_check, role_verdict, stale
+from .._session_state import SESSION_STATE_SQL, SessionStateWatch
 from .._sync.shell import MIN_CHECK_TIME
 from ..drivers import AsyncDriver
 from ..drivers._sockets import close_probe, open_fds, stray_sockets
@@ -184,12 +186,14 @@ class AsyncPool:
         self._on_event = on_event
         self._configure = options.configure
         self._reset = options.reset
+        self._state_watch = SessionStateWatch(core.name) if options.transaction_pooling else None
         self._user_check = options.check
         self._check_timeout = options.check_timeout
         self._barge = core.barge_window
         self._reconnect_failed = reconnect_failed
         self._owner = self if owner is None else owner
-        self._verdict = driver.verdict
+        self._role = role_check(driver)  # a wanted server role (target_session_attrs)
+        self._verdict = role_verdict(driver, self._role)
         self._entry_of = core.in_use.get
         # Bound to the first event loop the pool is used on (open()).
         self._loop: Optional[asyncio.AbstractEventLoop] = None
@@ -382,6 +386,10 @@ class AsyncPool:
                 self._hand_back_after(task, entry, CloseReason.DEAD)
                 return None
             alive = not late and _succeeded(task)
+            # The round trip brought the server's latest parameter statuses.
+            if alive and stale(self.driver, self._role, conn):
+                self._hand_back(entry, CloseReason.STALE_ROLE)
+                return None
         if not alive:
             self._hand_back(entry, CloseReason.DEAD)
             return None
@@ -541,6 +549,9 @@ class AsyncPool:
                 await _maybe_await(self._reset(conn))
                 if self.driver.in_transaction(conn):
                     raise PoolError("reset() left a transaction open")
+                watch = self._state_watch
+                if watch is not None and watch.wants_reset_check():
+                    await self._watch_state(conn, "reset")
         except BaseException as exc:
             failure = self._describe_error(exc)
             if not isinstance(exc, Exception):  # cancelled by close(), or worse
@@ -585,6 +596,8 @@ class AsyncPool:
                         f"configure() left a transaction open on a new connection of pool "
                         f"{self.name!r}: commit or roll back inside configure()"
                     )
+                if self._state_watch is not None:
+                    await self._watch_state(conn, "configure")
             baseline = self.driver.snapshot(conn)
             probe = self.driver.probe(conn)
             if probe(0) and self.driver.after_readable(conn, probe) is True:
@@ -707,13 +720,14 @@ class AsyncPool:
             if alive is None or (alive and ping):
                 at = self.clock() + self._check_timeout
                 alive = await self._round_trip(entry.conn, at, self.driver.ping)
+            wrong = bool(alive) and stale(self.driver, self._role, entry.conn)
         except asyncio.CancelledError:
             self.carry_out(self.core.checked(entry, False, self.clock()))
             raise
         except BaseException as exc:
-            alive = False
+            alive, wrong = False, False
             self._background_failed("checking an idle connection", exc)
-        self.carry_out(self.core.checked(entry, bool(alive), self.clock()))
+        self.carry_out(self.core.checked(entry, bool(alive), self.clock(), stale=wrong))
 
     def _background_failed(self, what: str, exc: BaseException) -> None:
         logger.error(
@@ -820,6 +834,24 @@ class AsyncPool:
     def drain(self) -> None:
         """Replace every connection: idle ones now, those in use when they come back."""
         self.carry_out(self.core.drain(self.clock()))
+
+    async def _watch_state(self, conn: Any, callback: str) -> None:
+        """As SyncPool._watch_state, awaited."""
+        watch = self._state_watch
+        assert watch is not None
+        try:
+            state = await self.driver.fetch_value(conn, SESSION_STATE_SQL)
+        except Exception:  # best effort (see SyncPool._watch_state)
+            return
+        watch.found(callback, state)
+
+    def refused_for_role(self, exc: BaseException, conn: Any) -> bool:
+        """As :meth:`SyncPool.refused_for_role`."""
+        return (
+            self._role is not None
+            and self.driver.is_read_only_error(exc)
+            and not self.driver.client_read_only(conn)
+        )
 
     def mark_suspect(self) -> None:
         """A caller saw a disconnect error: idle connections get a round trip before use."""

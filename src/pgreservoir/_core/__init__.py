@@ -10,11 +10,13 @@ from .core import (
     HOLDER_CLOSED,
     LIFETIME_JITTER,
     RESTORE,
+    STALE_ROLE,
     Core,
     format_stack,
 )
 from .plan import Plan
 from .records import CHECK, PING, PROBE, CloseReason, Entry, State, Waiter
+from .roles import RoleCheck, role_check_for
 
 __all__ = [
     "BACKOFF_INITIAL",
@@ -29,11 +31,14 @@ __all__ = [
     "PING",
     "PROBE",
     "RESTORE",
+    "STALE_ROLE",
     "CloseReason",
     "Core",
     "Entry",
     "Plan",
+    "RoleCheck",
     "State",
     "Waiter",
     "format_stack",
+    "role_check_for",
 ]

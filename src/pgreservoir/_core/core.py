@@ -80,6 +80,7 @@ __all__ = [
     "DIRTY",
     "HOLDER_CLOSED",
     "LIFETIME_JITTER",
+    "STALE_ROLE",
     "Core",
 ]
 
@@ -105,6 +106,11 @@ RESTORE = 4
 # Closed by its holder (conn.close()): a quiet discard. Not a lost
 # connection: nothing says its siblings are dead.
 HOLDER_CLOSED = 5
+# From a shell whose pool wants a server role (see roles.py): the server
+# reported it is no longer in it (promoted elsewhere, fenced read-only). A
+# discard, and its siblings get a round trip before use: they are on the same
+# server, and the round trip brings their new parameter status.
+STALE_ROLE = 6
 
 _OPENING = State.OPENING
 _IDLE = State.IDLE
@@ -279,6 +285,7 @@ class Core:
         self._lost = 0
         self._returns_broken = 0  # returned broken or in an unknown state
         self._returns_closed = 0  # returned closed by their holder
+        self._stale_roles = 0  # discarded for a server in the wrong role
         self._cancelled = 0  # waiters that left the line interrupted or cancelled
         self._connect_seconds = 0.0  # spent in connects that succeeded
         self._leaked = 0
@@ -712,6 +719,8 @@ class Core:
         elif verdict == HOLDER_CLOSED:
             self._returns_closed += 1
             self._discard(entry, CloseReason.HOLDER_CLOSED, now, plan)
+        elif verdict == STALE_ROLE:
+            self._discard(entry, CloseReason.STALE_ROLE, now, plan)
         elif verdict == CLOSE:
             self._discard(entry, CloseReason.CALLER, now, plan)
         elif entry.expires <= now:
@@ -784,6 +793,9 @@ class Core:
         plan.add("close", entry)
         if reason is CloseReason.DEAD or reason is CloseReason.BROKEN:
             self._lost += 1
+            self._suspect_before = now
+        elif reason is CloseReason.STALE_ROLE:
+            self._stale_roles += 1
             self._suspect_before = now
         if reason not in _QUIET:
             self._log_later("closed", reason.value)
@@ -1044,15 +1056,16 @@ class Core:
                 plan.add("check", entry)
         return plan
 
-    def checked(self, entry: Entry, alive: bool, now: float) -> Plan:
-        """A background check of ``entry`` (from ``plan.check``) finished."""
+    def checked(self, entry: Entry, alive: bool, now: float, *, stale: bool = False) -> Plan:
+        """A background check of ``entry`` (from ``plan.check``) finished (``stale``:
+        it works, but its server left the role the pool wants)."""
         plan = Plan()
         if entry.state is _CLOSED:  # closed by close() meanwhile: the checker closes it
             plan.add("close", entry)
             return plan
         self._reserved.discard(entry)
-        if not alive:
-            self._discard(entry, CloseReason.DEAD, now, plan)
+        if not alive or stale:
+            self._discard(entry, CloseReason.STALE_ROLE if stale else CloseReason.DEAD, now, plan)
             return plan
         entry.checked_at = now
         if self._waiters or self.closed or entry.expires <= now or self._size > self.max_size:
@@ -1362,6 +1375,7 @@ class Core:
             connect_ms_total=round(self._connect_seconds * 1000.0, 3),
             returns_broken=self._returns_broken,
             returns_closed=self._returns_closed,
+            connections_stale_role=self._stale_roles,
             wait_ms_p50=self._waits.percentile_ms(0.50, unwaited),
             wait_ms_p99=self._waits.percentile_ms(0.99, unwaited),
             wait_ms_max=round(self._waits.max_seconds * 1000.0, 3),

@@ -32,6 +32,7 @@ class CloseReason(enum.Enum):
     ABANDONED = "connect finished after the pool no longer needed it"
     DRAINED = "the pool was drained"
     NOT_KEPT = "returned to a pool that keeps no idle connections, and nobody waited"
+    STALE_ROLE = "its server is no longer in the role the pool wants (standby or read-only)"
 
 
 # How much checking a connection needs in the receiving thread before use.

@@ -51,6 +51,8 @@ from .._core import (
     Waiter,
 )
 from .._logging import logger
+from .._role import role_check, role_verdict, stale
+from .._session_state import SESSION_STATE_SQL, SessionStateWatch
 from ..drivers import Driver
 from ..drivers._sockets import close_probe, open_fds, stray_sockets
 from ..errors import PoolError, throw
@@ -112,11 +114,16 @@ class SyncPool:
         self._idle = core._idle  # read unlocked: is a refusal even possible?
         self.name = core.name
         self.driver = driver
-        self._verdict = driver.verdict  # bound once: called on every check-in
+        # Bound once: called on every check-in. A pool that wants a server role
+        # (target_session_attrs) also reads the role its server reported.
+        self._role = role_check(driver)
+        self._verdict = role_verdict(driver, self._role)
         self._clock = self.clock = clock
         self._on_event = on_event
         self._configure = options.configure
         self._reset = options.reset
+        # transaction_pooling: what configure()/reset() leave behind is reported.
+        self._state_watch = SessionStateWatch(core.name) if options.transaction_pooling else None
         self._user_check = options.check
         self._check_timeout = options.check_timeout
         self._barge = core.barge_window
@@ -345,6 +352,10 @@ class SyncPool:
             except BaseException:
                 self._hand_back(entry, CloseReason.INTERRUPTED)
                 raise
+            # The round trip brought the server's latest parameter statuses.
+            if alive and stale(self.driver, self._role, conn):
+                self._hand_back(entry, CloseReason.STALE_ROLE)
+                return None
         if not alive:
             self._hand_back(entry, CloseReason.DEAD)
             return None
@@ -486,6 +497,8 @@ class SyncPool:
                     self._reset(conn)
                     if self.driver.in_transaction(conn):
                         raise PoolError("reset() left a transaction open")
+                    if self._state_watch is not None and self._state_watch.wants_reset_check():
+                        self._watch_state(conn, "reset")
             except Exception as exc:
                 failure = self._describe_error(exc)
             finally:
@@ -497,6 +510,16 @@ class SyncPool:
             self._finish_clean(entry, self._describe_error(exc))
             raise
         self._finish_clean(entry, failure)
+
+    def _watch_state(self, conn: Any, callback: str) -> None:
+        """One round trip: the session state ``callback`` left (see _session_state)."""
+        watch = self._state_watch
+        assert watch is not None
+        try:
+            state = self.driver.fetch_value(conn, SESSION_STATE_SQL)
+        except Exception:  # best effort: a proxy that refuses the question changes nothing
+            return
+        watch.found(callback, state)
 
     def _finish_clean(self, entry: Entry, failure: Optional[str]) -> None:
         with self._lock:
@@ -556,6 +579,8 @@ class SyncPool:
                         f"configure() left a transaction open on a new connection of pool "
                         f"{self.name!r}: commit or roll back inside configure()"
                     )
+                if self._state_watch is not None:
+                    self._watch_state(conn, "configure")
             baseline = self.driver.snapshot(conn)
             probe = self.driver.probe(conn)
         except BaseException as exc:
@@ -704,11 +729,12 @@ class SyncPool:
             if alive is None or (alive and ping):
                 at = self._clock() + self._check_timeout
                 alive = self._bounded(entry.conn, at, self.driver.ping)
+            wrong = bool(alive) and stale(self.driver, self._role, entry.conn)
         except BaseException as exc:
-            alive = False
+            alive, wrong = False, False
             self._background_failed("checking an idle connection", exc)
         with self._lock:
-            plan = self.core.checked(entry, bool(alive), self._clock())
+            plan = self.core.checked(entry, bool(alive), self._clock(), stale=wrong)
         self.carry_out(plan)
 
     # ------------------------------------------------------------------
@@ -777,6 +803,16 @@ class SyncPool:
         with self._lock:
             plan = self.core.drain(self._clock())
         self.carry_out(plan)
+
+    def refused_for_role(self, exc: BaseException, conn: Any) -> bool:
+        """Whether ``exc``, raised while using ``conn``, is a write refused because its
+        server left the role this pool wants (SQLSTATE 25006; servers before
+        PostgreSQL 14 report no parameter status, so the error is the only sign)."""
+        return (
+            self._role is not None
+            and self.driver.is_read_only_error(exc)
+            and not self.driver.client_read_only(conn)
+        )
 
     def mark_suspect(self) -> None:
         """A caller saw a disconnect error: idle connections get a round trip before use."""

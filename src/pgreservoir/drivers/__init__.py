@@ -54,6 +54,8 @@ class Driver(Protocol):
 
     #: The server ports connections may go to (to recognise them after a fork).
     server_ports: Tuple[int, ...]
+    #: libpq's ``target_session_attrs`` for these connection options (None: unset).
+    target_session_attrs: Optional[str]
 
     def connect(self) -> Any:
         """Open a new connection (raises the driver's error on failure)."""
@@ -114,6 +116,18 @@ class Driver(Protocol):
     def cursor_kwargs(self, rows: Optional[str], cursor_factory: Any) -> Dict[str, Any]:
         """Keyword arguments for ``conn.cursor()`` giving rows of type ``rows``."""
 
+    def parameter_status(self, conn: Any, name: str) -> Optional[str]:
+        """A parameter status the server reported (``in_hot_standby``...), without I/O."""
+
+    def client_read_only(self, conn: Any) -> bool:
+        """Whether the driver's own read-only attribute is set on ``conn``."""
+
+    def is_read_only_error(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is SQLSTATE 25006 (a write refused by a read-only server)."""
+
+    def fetch_value(self, conn: Any, query: str) -> Any:
+        """Run ``query`` outside any transaction (a round trip); its first column."""
+
 
 class AsyncDriver(Protocol):
     """The asyncio shell's driver: :class:`Driver` with the round trips as coroutines.
@@ -123,6 +137,7 @@ class AsyncDriver(Protocol):
     """
 
     server_ports: Tuple[int, ...]
+    target_session_attrs: Optional[str]
 
     async def connect(self) -> Any:
         """Open a new connection (raises the driver's error on failure)."""
@@ -173,6 +188,18 @@ class AsyncDriver(Protocol):
     def is_disconnect(self, exc: BaseException, conn: Any) -> bool:
         """Whether ``exc`` means the connection's server side is gone."""
 
+    def parameter_status(self, conn: Any, name: str) -> Optional[str]:
+        """As :meth:`Driver.parameter_status`."""
+
+    def client_read_only(self, conn: Any) -> bool:
+        """As :meth:`Driver.client_read_only`."""
+
+    def is_read_only_error(self, exc: BaseException) -> bool:
+        """As :meth:`Driver.is_read_only_error`."""
+
+    async def fetch_value(self, conn: Any, query: str) -> Any:
+        """As :meth:`Driver.fetch_value`, awaited."""
+
 
 def make_async_driver(
     conninfo: Any,
@@ -180,10 +207,16 @@ def make_async_driver(
     *,
     connection_class: Any = None,
     defaults: Optional[Mapping[str, Any]] = None,
+    transaction_pooling: bool = False,
 ) -> AsyncDriver:
-    """The asyncio driver: psycopg 3's ``AsyncConnection`` (or ``connection_class``)."""
+    """The asyncio driver: psycopg 3's ``AsyncConnection`` (or ``connection_class``);
+    ``transaction_pooling``: server-side prepared statements off unless the keywords
+    set ``prepare_threshold``."""
+    from ._transaction_pooling import psycopg_kwargs
     from .psycopg_driver import AsyncPsycopgDriver, import_psycopg
 
+    if transaction_pooling and isinstance(connect_kwargs, Mapping):
+        connect_kwargs = psycopg_kwargs(dict(connect_kwargs))
     if connection_class is None:
         connection_class = import_psycopg().AsyncConnection
     return AsyncPsycopgDriver(conninfo, connect_kwargs, connection_class, defaults=defaults)
@@ -196,18 +229,26 @@ def make_driver(
     connection_class: Any = None,
     defaults: Optional[Mapping[str, Any]] = None,
     args: Tuple[Any, ...] = (),
+    transaction_pooling: bool = False,
 ) -> Driver:
     """The driver for these connection options (validated now, so a typo fails at once).
 
     ``dsn`` may be a str, None or a callable returning a str, and any libpq
     keyword's value a callable: see :mod:`._params` (rotating credentials).
-    """
+    ``transaction_pooling``: the server side is a transaction-pooling proxy, so
+    the connections must leave no session state behind (see
+    :mod:`._transaction_pooling`)."""
     if connection_class is not None:
+        from ._transaction_pooling import psycopg_kwargs
         from .psycopg_driver import PsycopgDriver
 
         if args:
             raise TypeError("psycopg 3 connections take no positional connection arguments")
+        if transaction_pooling and isinstance(connect_kwargs, Mapping):
+            connect_kwargs = psycopg_kwargs(dict(connect_kwargs))
         return PsycopgDriver(dsn, connect_kwargs, connection_class, defaults=defaults)
     from .psycopg2_driver import Psycopg2Driver
 
-    return Psycopg2Driver(dsn, connect_kwargs, defaults=defaults, args=args)
+    return Psycopg2Driver(
+        dsn, connect_kwargs, defaults=defaults, args=args, transaction_pooling=transaction_pooling
+    )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import os
 from typing import Any, Collection, Mapping, Optional, Tuple
 
 from ._conninfo import mask_dsn, parse_error, pool_option_hint, redact, server_ports
@@ -34,15 +35,31 @@ def is_lost_sqlstate(code: Optional[str]) -> bool:
 class DriverBase(abc.ABC):
     """Display, redaction, socket operations, settings and the ping, for libpq drivers."""
 
-    __slots__ = ("_masked", "server_ports")
+    __slots__ = ("_masked", "server_ports", "target_session_attrs")
 
     #: The session settings restored at check-in, as the driver spells them.
     SETTINGS: Tuple[str, ...] = ()
 
     def _adopt_options(self, merged: Mapping[str, Any]) -> None:
-        """Remember where connections go (masked) and the server ports."""
+        """Remember where connections go (masked), the server ports and the
+        ``target_session_attrs`` libpq will use (the option, else its variable)."""
         self._masked = mask_dsn(merged)
         self.server_ports = server_ports(merged)
+        attrs = merged.get("target_session_attrs") or os.environ.get("PGTARGETSESSIONATTRS")
+        self.target_session_attrs = str(attrs) if attrs else None
+
+    @abc.abstractmethod
+    def parameter_status(self, conn: Any, name: str) -> Optional[str]:
+        """A parameter the server reported (``in_hot_standby``...), without I/O."""
+
+    @abc.abstractmethod
+    def client_read_only(self, conn: Any) -> bool:
+        """Whether the driver itself made the session read-only (its own attribute)."""
+
+    @staticmethod
+    def is_read_only_error(exc: BaseException) -> bool:
+        """Whether ``exc`` is SQLSTATE 25006: a write refused by a read-only server."""
+        return (getattr(exc, "pgcode", None) or getattr(exc, "sqlstate", None)) == "25006"
 
     @staticmethod
     def _invalid(
@@ -93,6 +110,24 @@ class DriverBase(abc.ABC):
         finally:
             if not autocommit and not conn.closed:
                 conn.autocommit = False
+
+    def fetch_value(self, conn: Any, query: str) -> Any:
+        """Run ``query`` (no parameters) outside any transaction; its first column."""
+        autocommit = conn.autocommit
+        if not autocommit:
+            conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                self._execute_unprepared(cur, query)
+                row = cur.fetchone()
+                return None if row is None else row[0]
+        finally:
+            if not autocommit and not conn.closed:
+                conn.autocommit = False
+
+    @staticmethod
+    def _execute_unprepared(cur: Any, query: str) -> None:
+        cur.execute(query)
 
     def describe(self) -> str:
         return self._masked

@@ -11,6 +11,7 @@ from ._base import DriverBase, is_lost_sqlstate
 from ._conninfo import mask_dsn, server_ports
 from ._params import ParamSource
 from ._sockets import Probe
+from ._transaction_pooling import psycopg2_connect_args
 
 __all__ = ["Psycopg2Driver"]
 
@@ -45,6 +46,7 @@ class Psycopg2Driver(DriverBase):
         *,
         defaults: Optional[Mapping[str, Any]] = None,
         args: Tuple[Any, ...] = (),
+        transaction_pooling: bool = False,
     ) -> None:
         """Validate the connection options now, so a typo fails at construction.
 
@@ -53,6 +55,8 @@ class Psycopg2Driver(DriverBase):
         not set. ``dsn`` and the value of any libpq keyword may be callables
         (rotating credentials, see :mod:`._params`): called at every connect,
         their results checked then; what is known now is checked now.
+        ``transaction_pooling``: connections whose session characteristics
+        change client-side only (see :mod:`._transaction_pooling`).
         """
         psycopg2 = _import_psycopg2()
         self._psycopg2 = psycopg2
@@ -63,14 +67,17 @@ class Psycopg2Driver(DriverBase):
             raise TypeError(
                 f"the DSN must be a str (or a callable returning one), got {type(dsn).__name__}"
             )
+        if transaction_pooling:
+            connect_kwargs, args = psycopg2_connect_args(dict(connect_kwargs), args)
         self._args = args
         self._defaults = dict(defaults or {})
         self._params = params = ParamSource(dsn, connect_kwargs, reserved=_PSYCOPG2_ONLY)
         if params.dynamic:
             static_dsn, static_kwargs = params.static()
             _, _, merged = self._complete(static_dsn, static_kwargs)
+            # What the static part says (target_session_attrs included).
+            self._adopt_options(merged)
             self._masked = params.describe(mask_dsn(merged))
-            self.server_ports = server_ports(merged)
             self._dsn: Optional[str] = None
             self._kwargs: Dict[str, Any] = {}
         else:
@@ -144,6 +151,13 @@ class Psycopg2Driver(DriverBase):
 
     def adopt(self, conn: Any, owner: Any) -> None:
         pass  # psycopg2 connections do not know about pools
+
+    def parameter_status(self, conn: Any, name: str) -> Optional[str]:
+        value: Optional[str] = conn.get_parameter_status(name)
+        return value
+
+    def client_read_only(self, conn: Any) -> bool:
+        return conn.readonly is True
 
     # -- check-in ------------------------------------------------------------
 

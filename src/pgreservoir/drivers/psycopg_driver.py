@@ -98,8 +98,9 @@ class _PsycopgBase(DriverBase):
         if params.dynamic:
             static_conninfo, static_kwargs = params.static()
             _, _, merged = self._complete(static_conninfo, static_kwargs)
+            # What the static part says (target_session_attrs included).
+            self._adopt_options(merged)
             self._masked = params.describe(mask_dsn(merged))
-            self.server_ports = server_ports(merged)
             self._conninfo: Any = ""
             self._kwargs: Any = {}
         else:
@@ -256,6 +257,17 @@ class _PsycopgBase(DriverBase):
         }
         return {"row_factory": factories[rows]}
 
+    @staticmethod
+    def _execute_unprepared(cur: Any, query: str) -> None:
+        cur.execute(query, prepare=False)
+
+    def parameter_status(self, conn: Any, name: str) -> Optional[str]:
+        raw = conn.pgconn.parameter_status(name.encode())  # conn.info allocates an object
+        return None if raw is None else str(raw.decode())
+
+    def client_read_only(self, conn: Any) -> bool:
+        return conn.read_only is True
+
     def is_disconnect(self, exc: BaseException, conn: Any) -> bool:
         if not isinstance(exc, self._psycopg.Error):
             return False
@@ -268,6 +280,20 @@ class PsycopgDriver(_PsycopgBase):
     """psycopg 3 ``Connection``, opened with ``connection_class.connect(conninfo, **kwargs)``."""
 
     __slots__ = ()
+
+    def ping(self, conn: Any) -> None:
+        # Never prepared server-side (psycopg prepares a statement run often
+        # enough): behind a transaction-pooling proxy the next ping may reach a
+        # server connection that does not have it.
+        autocommit = conn.autocommit
+        if not autocommit:
+            conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1", prepare=False)
+        finally:
+            if not autocommit and not conn.closed:
+                conn.autocommit = False
 
     def connect(self) -> Any:
         conninfo, kwargs = self._conninfo, self._kwargs
@@ -357,6 +383,20 @@ class AsyncPsycopgDriver(_PsycopgBase):
                 await getattr(conn, f"set_{name}")(value)
         self._check_idle(conn)
 
+    async def fetch_value(self, conn: Any, query: str) -> Any:
+        """As the sync one, awaited."""
+        autocommit = conn.autocommit
+        if not autocommit:
+            await conn.set_autocommit(True)
+        try:
+            async with conn.cursor() as cur:
+                await cur.execute(query, prepare=False)
+                row = await cur.fetchone()
+                return None if row is None else row[0]
+        finally:
+            if not autocommit and not conn.closed:
+                await conn.set_autocommit(False)
+
     async def ping(self, conn: Any) -> None:  # type: ignore[override]
         # As the sync ping (DriverBase.ping), awaited.
         autocommit = conn.autocommit
@@ -364,7 +404,7 @@ class AsyncPsycopgDriver(_PsycopgBase):
             await conn.set_autocommit(True)
         try:
             async with conn.cursor() as cur:
-                await cur.execute("SELECT 1")
+                await cur.execute("SELECT 1", prepare=False)  # see PsycopgDriver.ping
         finally:
             if not autocommit and not conn.closed:
                 await conn.set_autocommit(False)

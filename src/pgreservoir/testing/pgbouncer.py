@@ -34,6 +34,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -280,7 +281,7 @@ class PgBouncer:
         self._watchdog: Optional[_Watchdog] = None
         self._version: Optional[str] = None
         self._cleaned_up = False
-        self._pending_pauses: List[threading.Thread] = []
+        self._pending_pauses: List[Tuple[threading.Thread, Any]] = []
 
     # -- properties ---------------------------------------------------------
 
@@ -426,9 +427,8 @@ class PgBouncer:
             if self._cleaned_up or os.getpid() != self._owner_pid:
                 return
             try:
+                self._end_pending_pauses()
                 self._end_process(signal.SIGKILL)
-                for thread in self._pending_pauses:
-                    thread.join(timeout=5)
             finally:
                 self._cleaned_up = True
                 if self._basedir is not None:
@@ -503,14 +503,22 @@ class PgBouncer:
 
         thread = threading.Thread(target=send, name="pgbouncer-pause", daemon=True)
         thread.start()
-        self._pending_pauses.append(thread)
+        self._pending_pauses.append((thread, conn))
 
     def resume(self, database: Optional[str] = None) -> None:
-        """``RESUME [db]``: undo :meth:`pause` (or :meth:`kill`)."""
+        """``RESUME [db]``: undo :meth:`pause` (or :meth:`kill`). A ``PAUSE`` sent with
+        ``wait=False`` that is still waiting is abandoned (its admin connection shut)."""
         self.admin("RESUME" + (f" {_identifier(database)}" if database else ""))
+        self._end_pending_pauses()
+
+    def _end_pending_pauses(self) -> None:
         pending, self._pending_pauses = self._pending_pauses, []
-        for thread in pending:
-            thread.join(timeout=10)
+        for thread, conn in pending:
+            thread.join(timeout=0.5)
+            if thread.is_alive():  # PgBouncer never answers a PAUSE that was resumed
+                with contextlib.suppress(OSError, psycopg2.Error):
+                    socket.socket(fileno=os.dup(conn.fileno())).shutdown(socket.SHUT_RDWR)
+                thread.join(timeout=10)
 
     def reconnect(self, database: Optional[str] = None) -> None:
         """``RECONNECT [db]``: close each server connection once it is released, so the

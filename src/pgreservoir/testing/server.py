@@ -432,13 +432,29 @@ class PostgresServer:
     def fence(self) -> None:
         """Make the server refuse writes, as a switchover fences the old primary:
         ``default_transaction_read_only = on`` through ALTER SYSTEM and a reload.
-        Sessions already connected see it at their next transaction (PostgreSQL 14+
-        also reports it to them as a parameter status). Undo with :meth:`unfence`."""
+        Returns once the server has reloaded (new sessions get it); sessions already
+        connected see it from their next command on (PostgreSQL 14+ also reports it
+        to them as a parameter status). Undo with :meth:`unfence`."""
         self.alter_system(default_transaction_read_only="on")
+        self._wait_setting("default_transaction_read_only", "on")
 
     def unfence(self) -> None:
-        """Undo :meth:`fence`."""
+        """Undo :meth:`fence` (and wait until the server has reloaded)."""
         self.alter_system(default_transaction_read_only=None)
+        self._wait_setting("default_transaction_read_only", "off")
+
+    def _wait_setting(self, name: str, value: str, timeout: float = 30) -> None:
+        """Wait until a new session sees ``name = value``: the postmaster reloaded its
+        configuration, and has signalled the running sessions to do the same."""
+
+        def reloaded() -> bool:
+            with self._admin() as cur:
+                cur.execute("SELECT current_setting(%s)", (name,))
+                row = cur.fetchone()
+                return row is not None and row[0] == value
+
+        if not _wait_for(reloaded, timeout):
+            raise RuntimeError(f"the server did not apply {name} = {value} within {timeout} s")
 
     @property
     def synchronous_standbys(self) -> List[str]:
