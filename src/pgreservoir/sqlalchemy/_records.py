@@ -114,7 +114,7 @@ class RecordProbe:
 class _RecordOps:
     """What both shells need, done on SQLAlchemy connection records, without I/O."""
 
-    __slots__ = ("_pool", "_where", "server_ports")
+    __slots__ = ("_pool", "_where", "server_ports", "target_session_attrs")
 
     def __init__(self, pool: Any, where: str) -> None:
         """``pool``: the SQLAlchemy pool whose records these are; ``where``:
@@ -122,6 +122,9 @@ class _RecordOps:
         self._pool = pool
         self._where = where
         self.server_ports: Tuple[int, ...] = ()
+        # SQLAlchemy's creator makes the connections, from arguments the pool
+        # does not see: no role is asked for, so no stale-role check runs.
+        self.target_session_attrs: Optional[str] = None
 
     # -- connections -----------------------------------------------------------
 
@@ -208,6 +211,18 @@ class _RecordOps:
     def is_disconnect(self, exc: BaseException, record: Any) -> bool:
         return False
 
+    # -- server roles (unused: see target_session_attrs) -----------------------
+
+    def parameter_status(self, record: Any, name: str) -> Optional[str]:
+        return None
+
+    def client_read_only(self, record: Any) -> bool:
+        return False
+
+    @staticmethod
+    def is_read_only_error(exc: BaseException) -> bool:
+        return False
+
     def cursor_kwargs(self, rows: Optional[str], cursor_factory: Any) -> Dict[str, Any]:
         return {}
 
@@ -243,24 +258,29 @@ class RecordDriver(_RecordOps):
         pass  # SQLAlchemy reset the connection before returning it
 
     def ping(self, record: Any) -> None:
+        self.fetch_value(record, "SELECT 1")
+
+    def fetch_value(self, record: Any, query: str) -> Any:
         conn = _pingable(record)
         if conn is None:
-            return
-        # In autocommit mode SELECT 1 is one round trip, and opens no
+            return None
+        # In autocommit mode the query is one round trip, and opens no
         # transaction. A transaction left open (reset_on_return=None) stays
-        # as it is: the SELECT runs inside it.
+        # as it is: the query runs inside it.
         autocommit = conn.autocommit or _in_transaction(conn)
         if not autocommit:
             conn.autocommit = True
         try:
             cur = conn.cursor()
             try:
-                cur.execute("SELECT 1")
+                cur.execute(query)
+                row = cur.fetchone()
             finally:
                 cur.close()
         finally:
             if not autocommit and not conn.closed:
                 conn.autocommit = False
+        return row[0] if row else None
 
 
 class AsyncRecordDriver(_RecordOps):
@@ -314,10 +334,15 @@ class AsyncRecordDriver(_RecordOps):
         pass  # SQLAlchemy reset the connection before returning it
 
     async def ping(self, record: Any) -> None:
+        await self.fetch_value(record, "SELECT 1")
+
+    async def fetch_value(self, record: Any, query: str) -> Any:
         conn = _pingable(record)
         if conn is None:
-            return
+            return None
         began = not conn.autocommit and not _in_transaction(conn)
-        await conn.execute("SELECT 1")
+        cur = await conn.execute(query)
+        row = await cur.fetchone()
         if began:
             await conn.rollback()
+        return row[0] if row else None
