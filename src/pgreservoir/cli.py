@@ -106,6 +106,10 @@ def _bench_parser(subparsers: argparse._SubParsersAction) -> None:  # type: igno
                              f"{QUICK['memory_checkouts']:,})")
     parser.add_argument("--no-progress", dest="progress", action="store_false",
                         help="no progress bar on stderr")
+    parser.add_argument("--transaction-pooling", action="store_true",
+                        help="--dsn is a transaction-pooling proxy (PgBouncer "
+                             "pool_mode=transaction, RDS Proxy, Supavisor): psycopg 3's "
+                             "and asyncpg's prepared statements off for every contender")
     parser.add_argument("--list", action="store_true",
                         help="list the contenders, say which are installed, and exit")
     parser.set_defaults(handler=_run_bench)
@@ -138,6 +142,7 @@ def _run_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
         memory=args.memory,
         memory_checkouts=args.memory_checkouts,
         progress=args.progress,
+        transaction_pooling=args.transaction_pooling,
         argv=list(argv[1:]),
     )
     try:

@@ -559,3 +559,44 @@ def test_psycopg2_characteristics_go_to_the_next_transaction(server: PostgresSer
         pool.putconn(conn)
     finally:
         pool.close()
+
+
+def test_bench_through_a_transaction_pooling_pgbouncer(server: PostgresServer) -> None:
+    # Transaction mode: psycopg 3's server-side prepared statements would not
+    # survive PgBouncer 1.18 handing each transaction to any server connection
+    # ("prepared statement ... does not exist"); --transaction-pooling turns
+    # them off for every contender, so the psycopg 3 and asyncpg ones run
+    # cleanly too.
+    paths = [SRC, os.environ.get("PYTHONPATH", "")]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in paths if p))
+    with PgBouncer(server, pool_mode="transaction", default_pool_size=10) as bouncer:
+        done = subprocess.run(
+            [
+                sys.executable, "-m", "pgreservoir", "bench",
+                "--dsn", dsn_of(bouncer),
+                "--transaction-pooling",
+                "--quick",
+                "--workloads", "select,async-select",
+                "--contenders",
+                "pgreservoir-psycopg,psycopg_pool,pgreservoir-async,psycopg_pool-async,asyncpg",
+                "--threads", "8", "--tasks", "16", "--size", "4",
+                "--no-progress",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=240,
+            check=False,
+        )
+    assert done.returncode == 0, done.stderr
+    table = done.stdout.split("ops/s: operations per second")[0]
+    rows = [line for line in table.splitlines() if "/4 " in line or line.startswith(" ")]
+    assert rows, done.stdout
+    # The errors column: every contender's is 0 (the column after fairness).
+    header = next(line for line in table.splitlines() if "errors" in line)
+    at = header.index("errors")
+    counted = [line[at - 2:at + 8].split() for line in table.splitlines()[2:]
+               if len(line) > at and line[at - 2:at + 8].strip().isdigit()]
+    assert len(counted) == 5, done.stdout
+    assert all(cell == ["0"] for cell in counted), done.stdout
+    assert "failed" not in done.stdout, done.stdout

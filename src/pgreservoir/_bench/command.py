@@ -61,6 +61,7 @@ class BenchOptions:
     memory: bool = False
     memory_checkouts: Optional[int] = None
     progress: bool = True
+    transaction_pooling: bool = False  # --dsn is a transaction-pooling proxy
     argv: List[str] = field(default_factory=list)
 
     def setting(self, name: str) -> Any:
@@ -293,11 +294,13 @@ def bench(options: BenchOptions, out: TextIO, err: TextIO) -> int:
         try:
             if scenarios:
                 results = run_suite(dsn, scenarios, contenders, rounds=rounds,
-                                    duration=duration, ops=options.ops, progress=progress)
+                                    duration=duration, ops=options.ops, progress=progress,
+                                    transaction_pooling=options.transaction_pooling)
             if options.memory:
                 memory = memory_check(dsn, memory_pools,
                                       checkouts=options.setting("memory_checkouts"),
-                                      progress=progress)
+                                      progress=progress,
+                                      transaction_pooling=options.transaction_pooling)
         finally:
             progress.finish()
     elapsed = time.monotonic() - started
@@ -360,7 +363,8 @@ def bench(options: BenchOptions, out: TextIO, err: TextIO) -> int:
                          "task_counts": task_counts, "size": size, "rounds": rounds,
                          "duration_s": duration, "ops": options.ops,
                          "workloads": list(options.workloads),
-                         "contenders": [c.key for c in contenders]},
+                         "contenders": [c.key for c in contenders],
+                         "transaction_pooling": options.transaction_pooling},
             "not_installed": not_installed,
             "workloads_left_out": workloads_left_out,
             "scenarios": [r.as_dict() for r in results],

@@ -82,10 +82,16 @@ _NOT_FOR_ASYNCPG = frozenset({
 
 @dataclass(frozen=True)
 class Target:
-    """Where a run's connections go: the server and the run's ``application_name``."""
+    """Where a run's connections go: the server and the run's ``application_name``.
+
+    ``transaction_pooling``: the server is a transaction-pooling proxy
+    (PgBouncer ``pool_mode=transaction``): no server-side prepared statement
+    may outlive a transaction, so psycopg 3's and asyncpg's are turned off.
+    """
 
     dsn: str
     application_name: str
+    transaction_pooling: bool = False
 
     def psycopg2_kwargs(self) -> Dict[str, Any]:
         """Keyword arguments for ``psycopg2.connect()`` (autocommit, tagged)."""
@@ -100,7 +106,10 @@ class Target:
 
     def psycopg_kwargs(self) -> Dict[str, Any]:
         """Keyword arguments for psycopg 3's ``connect()`` (autocommit, tagged)."""
-        return {"autocommit": True, "application_name": self.application_name}
+        kwargs: Dict[str, Any] = {"autocommit": True, "application_name": self.application_name}
+        if self.transaction_pooling:
+            kwargs["prepare_threshold"] = None
+        return kwargs
 
     def psycopg_connect(self) -> Any:
         """A new autocommit psycopg 3 connection tagged with the run's name."""
@@ -124,6 +133,8 @@ class Target:
         kwargs: Dict[str, Any] = {
             "server_settings": {"application_name": self.application_name},
         }
+        if self.transaction_pooling:
+            kwargs["statement_cache_size"] = 0
         params.pop("application_name", None)
         timeout = params.pop("connect_timeout", None)
         if timeout is not None and float(timeout) > 0:

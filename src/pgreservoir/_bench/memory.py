@@ -109,14 +109,16 @@ def memory_check(
     *,
     checkouts: int = 1_000_000,
     progress: Optional[Callable[[str], None]] = None,
+    transaction_pooling: bool = False,
 ) -> List[MemoryResult]:
-    """Run the memory check on each of ``contenders`` (pools, not references)."""
+    """Run the memory check on each of ``contenders`` (pools, not references);
+    ``transaction_pooling``: ``dsn`` is a transaction-pooling proxy (see Target)."""
     results = []
     for contender in contenders:
         if progress is not None:
             progress(f"memory | {contender.label}")
         result = MemoryResult(contender.key, contender.label, checkouts)
-        target = Target(dsn, "pgreservoir-bench-memory")
+        target = Target(dsn, "pgreservoir-bench-memory", transaction_pooling)
         try:
             if contender.is_async:
                 asyncio.run(_measure_async(contender, target, checkouts, result))

@@ -800,8 +800,11 @@ def run_suite(
     ops: Optional[int] = None,
     progress: Optional[Progress] = None,
     sample_connections: bool = True,
+    transaction_pooling: bool = False,
 ) -> List[ScenarioResult]:
     """Run every contender on every scenario, ``rounds`` times, interleaved.
+
+    ``transaction_pooling``: ``dsn`` is a transaction-pooling proxy (see Target).
 
     ``progress(text)`` is called before each run. A contender that fails to
     open or gets stuck is reported as failed; the others carry on. A scenario
@@ -822,7 +825,8 @@ def run_suite(
             _run_sql(dsn, scenario.workload.setup)
             try:
                 _rounds(dsn, scenario, taking_part, runs, rounds=rounds, duration=duration,
-                        ops=ops, progress=progress, sampler=sampler, serial=serial.__next__)
+                        ops=ops, progress=progress, sampler=sampler, serial=serial.__next__,
+                        transaction_pooling=transaction_pooling)
             finally:
                 _run_sql(dsn, scenario.workload.teardown)
             results.append(summarize_scenario(scenario, taking_part, runs))
@@ -866,6 +870,7 @@ def _rounds(
     progress: Optional[Progress],
     sampler: Optional[ConnectionSampler],
     serial: Callable[[], int],
+    transaction_pooling: bool,
 ) -> None:
     """The rounds of one scenario, the contenders interleaved."""
     for round_no in range(rounds):
@@ -877,7 +882,7 @@ def _rounds(
                 progress(f"{scenario.workload.key} | {contender.label} | "
                          f"round {round_no + 1}/{rounds}")
             name = f"pgreservoir-bench-{os.getpid()}-{serial()}"
-            target = Target(dsn, name)
+            target = Target(dsn, name, transaction_pooling)
             try:
                 run = run_once(contender, scenario, target, round_no=round_no,
                                duration=duration, ops=ops, sampler=sampler)
