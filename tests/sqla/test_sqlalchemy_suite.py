@@ -95,7 +95,8 @@ def test_sqlalchemy_suite_slice(
     url = f"postgresql+{driver}://{suite_server.user}@{suite_server.host}:{suite_server.port}/test"
     report = tmp_path / "report.xml"
     command = [sys.executable, "-m", "pytest", "-p", "shim", "-p", "no:cacheprovider"]
-    command += ["-p", "no:pgreservoir", "--dburi", url, "-q", "-rfE", f"--junitxml={report}"]
+    command += ["-p", "no:pgreservoir", "--dburi", url, "-q", "-rfE", "--tb=short"]
+    command += ["--disable-warnings", f"--junitxml={report}"]
     for test in LEFT_OUT:
         command += ["--deselect", test]
     command += FILES
@@ -108,10 +109,10 @@ def test_sqlalchemy_suite_slice(
     except subprocess.TimeoutExpired as exc:
         output = _text(exc.stdout) + _text(exc.stderr)
         pytest.fail(f"SQLAlchemy's suite ran over {SUITE_TIMEOUT:.0f} s\n{_tail(output)}")
-    output = done.stdout + done.stderr
+    output, exit_code = done.stdout + done.stderr, done.returncode
     counts = _counts(report, output)
-    where = f"SQLAlchemy's suite on {driver} (exit {done.returncode}, {counts})"
-    assert done.returncode == 0, f"{where}\n{_tail(output)}"
+    where = f"SQLAlchemy's suite on {driver} (exit {exit_code}, {counts})"
+    assert exit_code == 0, f"{where}\n{_tail(output)}"
     assert counts["failures"] == counts["errors"] == 0, f"{where}\n{_tail(output)}"
     assert counts["passed"] >= MIN_PASSED, f"{where}: too few passed\n{_tail(output)}"
     deselected = re.search(r"(\d+) deselected", output)
