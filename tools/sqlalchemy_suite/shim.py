@@ -29,7 +29,7 @@ if os.environ.get("RESERVOIR_POOL") == "1":
         free = "poolclass" not in kwargs and "pool" not in kwargs
         if free and make_url(url).get_backend_name() == "postgresql":
             u = make_url(url)
-            dialect = u.get_dialect()
+            dialect: Any = u.get_dialect()
             # Only where the engine would get QueuePool (or its asyncio twin).
             if issubclass(dialect.get_pool_class(u), QueuePool):
                 if dialect.is_async:
@@ -38,9 +38,9 @@ if os.environ.get("RESERVOIR_POOL") == "1":
                     kwargs["poolclass"] = reservoir.ReservoirPool
         return _create_engine(url, **kwargs)
 
-    sqlalchemy.create_engine = create_engine  # type: ignore[assignment]
-    sqlalchemy.engine.create_engine = create_engine  # type: ignore[assignment]
-    sqlalchemy.engine.create.create_engine = create_engine  # type: ignore[assignment]
+    sqlalchemy.create_engine = create_engine
+    sqlalchemy.engine.create_engine = create_engine
+    sqlalchemy.engine.create.create_engine = create_engine
 
     def pytest_collection_finish(session: Any) -> None:
         """Tests marked ``requires.queue_pool`` ("the target database is using
@@ -49,4 +49,4 @@ if os.environ.get("RESERVOIR_POOL") == "1":
         its module's global at run time."""
         from sqlalchemy.testing import requirements
 
-        requirements.QueuePool = (QueuePool, reservoir.ReservoirPool)  # type: ignore[assignment]
+        requirements.QueuePool = (QueuePool, reservoir.ReservoirPool)  # type: ignore[attr-defined,assignment]
