@@ -219,11 +219,9 @@ def lock_is_free(lock: Any) -> bool:
 def assert_recovered(shell: Any, checkout_all: Callable[[int], None]) -> None:
     """After the storm: once garbage is collected and housekeeping ran, the
     gauges add up and max_size connections can be checked out at once."""
+    gc.collect()
+
     def settled() -> bool:
-        # What an exception's traceback kept is freed when the traceback goes:
-        # at once, or, in a reference cycle, at a collection (the README's
-        # promise), so each poll stands for the next collection.
-        gc.collect()
         g = shell.gauges()
         return bool(g["in_use"] == 0 and g["size"] == g["idle"] + g["opening"])
 
